@@ -1,0 +1,189 @@
+"""The modifier base class, events and the state a modifier acts on (no torch at import)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+
+class EventType(enum.Enum):
+    """Training events, in the order a batch produces them."""
+
+    BATCH_START = "batch_start"
+    LOSS_CALCULATED = "loss_calculated"
+    OPTIM_PRE_STEP = "optim_pre_step"
+    OPTIM_POST_STEP = "optim_post_step"
+    BATCH_END = "batch_end"
+    EPOCH_START = "epoch_start"
+    EPOCH_END = "epoch_end"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event with its own clock.
+
+    ``step`` counts optimizer steps taken so far (after gradient accumulation, per process), and
+    ``epoch = step // steps_per_epoch + (step % steps_per_epoch) / steps_per_epoch``.
+    """
+
+    type: EventType
+    step: int
+    steps_per_epoch: int
+    loss: Any = None
+    inputs: Any = None
+    outputs: Any = None
+
+    @property
+    def epoch(self) -> float:
+        return epoch_at(self.step, self.steps_per_epoch)
+
+
+def epoch_at(step: int, steps_per_epoch: int) -> float:
+    """Fractional epoch after ``step`` optimizer steps (SparseML's formula)."""
+    return step // steps_per_epoch + (step % steps_per_epoch) / steps_per_epoch
+
+
+@dataclass
+class ModifierState:
+    """What modifiers act on; owned by the lifecycle, passed to every hook."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer | None = None
+    teacher: torch.nn.Module | None = None
+    steps_per_epoch: int = 1
+    #: Incremented when a modifier changes the module structure (QAT, conv-bn folding), so that
+    #: modifiers holding tensor references look them up again.
+    structure_version: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class Modifier:
+    """Base of every modifier: scheduling and guards; subclasses own only their hooks.
+
+    Active from ``start_epoch`` (inclusive) to ``end_epoch`` (exclusive); ``-1`` means from the
+    start / never ends.
+    """
+
+    start_epoch: float = -1.0
+    end_epoch: float = -1.0
+
+    #: Fields holding epoch points (shifted when a stage starts later).
+    epoch_fields: ClassVar[tuple[str, ...]] = ("start_epoch", "end_epoch")
+    #: Whether this modifier sets the learning rate (the trainer's scheduler is switched off).
+    controls_lr: ClassVar[bool] = False
+    #: Whether the modifier runs until training ends whatever ``end_epoch`` says.
+    until_end: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        for name in self.epoch_fields:
+            value = getattr(self, name, None)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name}: must be a number, got {value!r}")
+            setattr(self, name, float(value))
+        if self.start_epoch < -1 or (self.end_epoch < -1):
+            raise ValueError("start_epoch/end_epoch: must be >= 0 or -1")
+        if self.end_epoch != -1 and self.start_epoch > self.end_epoch:
+            raise ValueError(f"end_epoch: {self.end_epoch} is before start_epoch "
+                             f"{self.start_epoch}")
+        self._initialized = False
+        self._started = False
+        self._ended = False
+        self._finalized = False
+        self.validate()
+
+    # --- to be overridden --------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check field values; raise ``ValueError('field: problem')``."""
+
+    def on_initialize(self, state: ModifierState) -> None:
+        """Once, before training starts (after the optimizer exists)."""
+
+    def on_start(self, state: ModifierState, event: Event) -> None:
+        """Once, at the first event at or after ``start_epoch``."""
+
+    def on_event(self, state: ModifierState, event: Event) -> Any:
+        """Every event while active; the return value of ``LOSS_CALCULATED`` replaces the loss."""
+        return None
+
+    def on_end(self, state: ModifierState, event: Event) -> None:
+        """Once, at the first event at or after ``end_epoch``."""
+
+    def on_finalize(self, state: ModifierState) -> None:
+        """Once, after training (before export)."""
+
+    # --- scheduling (owned by the base) ------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def should_start(self, epoch: float) -> bool:
+        return not self._started and (self.start_epoch == -1 or epoch >= self.start_epoch)
+
+    def should_end(self, epoch: float) -> bool:
+        return (self._started and not self._ended and not self.until_end
+                and self.end_epoch != -1 and epoch >= self.end_epoch)
+
+    def last_epoch(self) -> float:
+        """The epoch this modifier needs training to reach (for ``max_epochs``)."""
+        return max(self.start_epoch, self.end_epoch, 0.0)
+
+    def initialize(self, state: ModifierState) -> None:
+        if self._initialized:
+            raise RuntimeError(f"{self.name} initialised twice")
+        self._initialized = True
+        self.on_initialize(state)
+
+    def update(self, state: ModifierState, event: Event) -> Any:
+        if not self._initialized or self._finalized:
+            raise RuntimeError(f"{self.name} got an event before initialize or after finalize")
+        epoch = event.epoch
+        if self.should_start(epoch):
+            self._started = True
+            logger.debug("%s starts at epoch %.4f", self.name, epoch)
+            self.on_start(state, event)
+        result = None
+        if self._started and not self._ended:
+            result = self.on_event(state, event)
+        if self.should_end(epoch):
+            self._ended = True
+            logger.debug("%s ends at epoch %.4f", self.name, epoch)
+            self.on_end(state, event)
+        return result
+
+    def finalize(self, state: ModifierState) -> None:
+        if self._finalized:
+            raise RuntimeError(f"{self.name} finalised twice")
+        self._finalized = True
+        self.on_finalize(state)
+
+    # --- serialisation -----------------------------------------------------------------------
+    def to_args(self) -> dict[str, Any]:
+        """The recipe fields of this modifier (private state excluded)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def resolve_param_groups(optimizer: Any, param_groups: list[int] | None) -> list[dict]:
+    """The optimizer's parameter groups selected by index (all when ``None``)."""
+    groups = optimizer.param_groups
+    if param_groups is None:
+        return list(groups)
+    return [groups[i] for i in param_groups]

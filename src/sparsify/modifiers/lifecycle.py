@@ -1,0 +1,144 @@
+"""The modifier lifecycle: owns the modifiers of a recipe and turns training events into hooks.
+
+A trainer calls, per optimizer step (with gradient accumulation, the first two per micro-batch):
+
+    batch_start() -> loss = loss_calculated(loss, inputs, outputs) -> optim_pre_step()
+    -> optimizer.step() -> optim_post_step() -> batch_end()
+
+and ``epoch_start()`` / ``epoch_end()`` around each epoch. The lifecycle keeps the clock: the
+step counter advances in ``optim_post_step`` and every event carries it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+from sparsify.modifiers.base import Event, EventType, Modifier, ModifierState
+
+if TYPE_CHECKING:
+    import torch
+
+    from sparsify.recipe.parser import Recipe
+
+logger = logging.getLogger(__name__)
+
+
+class ModifierLifecycle:
+    """Drives a recipe's modifiers through training.
+
+    Args:
+        recipe: the parsed recipe.
+        model: the model being trained.
+        teacher: the distillation teacher (``None`` disables distillation).
+    """
+
+    def __init__(self, recipe: Recipe, model: torch.nn.Module,
+                 teacher: torch.nn.Module | None = None) -> None:
+        self.recipe = recipe
+        self.modifiers: list[Modifier] = recipe.build_modifiers()
+        self.state = ModifierState(model=model, teacher=teacher)
+        self.step = 0
+        self._initialized = False
+        self._finalized = False
+
+    # --- facts for the trainer ---------------------------------------------------------------
+    @property
+    def max_epochs(self) -> int:
+        """Epochs to train: the recipe's largest end/start epoch, rounded up."""
+        return max(1, math.ceil(self.recipe.max_epochs - 1e-9))
+
+    @property
+    def controls_lr(self) -> bool:
+        """Whether the recipe sets the LR (the trainer then uses no scheduler of its own)."""
+        return any(m.controls_lr for m in self.modifiers)
+
+    @property
+    def qat_active(self) -> bool:
+        """Whether quantization-aware training has started (switch AMP / EMA off then)."""
+        return bool(self.state.extras.get("qat_active"))
+
+    def qat_starts_at(self) -> float | None:
+        """The epoch QAT starts, or ``None`` when the recipe does not quantize."""
+        starts = [max(m.start_epoch, 0.0) for m in self.modifiers
+                  if type(m).__name__ == "QuantizationModifier"]
+        return min(starts) if starts else None
+
+    @property
+    def epoch(self) -> float:
+        return Event(EventType.BATCH_START, self.step, self.state.steps_per_epoch).epoch
+
+    def modifiers_of(self, name: str) -> list[Modifier]:
+        return [m for m in self.modifiers if type(m).__name__ == name]
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def initialize(self, optimizer: torch.optim.Optimizer | None, steps_per_epoch: int,
+                   start_step: int = 0) -> None:
+        """Attach the optimizer and the epoch length (in optimizer steps, per process).
+
+        Raises:
+            RuntimeError: called twice.
+            ValueError: ``steps_per_epoch`` < 1.
+        """
+        if self._initialized:
+            raise RuntimeError("ModifierLifecycle.initialize called twice")
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        self.state.optimizer = optimizer
+        self.state.steps_per_epoch = steps_per_epoch
+        self.step = start_step
+        for modifier in self.modifiers:
+            modifier.initialize(self.state)
+        self._initialized = True
+
+    def _event(self, kind: EventType, **data: Any) -> list[Any]:
+        if not self._initialized:
+            raise RuntimeError("ModifierLifecycle: an event came before initialize()")
+        if self._finalized:
+            raise RuntimeError("ModifierLifecycle: an event came after finalize()")
+        event = Event(kind, self.step, self.state.steps_per_epoch, **data)
+        return [modifier.update(self.state, event) for modifier in self.modifiers]
+
+    def batch_start(self) -> None:
+        self._event(EventType.BATCH_START)
+
+    def loss_calculated(self, loss: Any, inputs: Any = None, outputs: Any = None) -> Any:
+        """Returns the loss to back-propagate (a distillation modifier may replace it)."""
+        for result in self._event(EventType.LOSS_CALCULATED, loss=loss, inputs=inputs,
+                                  outputs=outputs):
+            if result is not None:
+                loss = result
+        return loss
+
+    def optim_pre_step(self) -> None:
+        self._event(EventType.OPTIM_PRE_STEP)
+
+    def optim_post_step(self) -> None:
+        """After ``optimizer.step()``: the clock advances, then masks etc. are re-applied."""
+        self.step += 1
+        self._event(EventType.OPTIM_POST_STEP)
+
+    def batch_end(self) -> None:
+        self._event(EventType.BATCH_END)
+
+    def epoch_start(self) -> None:
+        self._event(EventType.EPOCH_START)
+
+    def epoch_end(self) -> None:
+        self._event(EventType.EPOCH_END)
+
+    def finalize(self) -> None:
+        """After training: final mask application etc. Safe to call once."""
+        if self._finalized:
+            raise RuntimeError("ModifierLifecycle.finalize called twice")
+        for modifier in self.modifiers:
+            modifier.finalize(self.state)
+        self._finalized = True
+
+    def masked_parameter_names(self) -> list[str]:
+        names: list[str] = []
+        for modifier in self.modifiers:
+            if hasattr(modifier, "masked_parameter_names"):
+                names.extend(n for n in modifier.masked_parameter_names() if n not in names)
+        return names

@@ -1,0 +1,157 @@
+"""Quantization-aware training, configured by SparseML's legacy keys or its newer scheme keys."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from sparsify.modifiers.base import Event, Modifier, ModifierState
+
+logger = logging.getLogger(__name__)
+
+LEGACY_KEYS = ("submodules", "exclude_module_types", "quantize_embeddings",
+               "quantize_linear_activations", "quantize_conv_activations", "activation_bits",
+               "weight_bits", "num_calibration_steps", "custom_quantizable_module_types",
+               "model_fuse_fn_name")
+NEW_KEYS = ("scheme", "scheme_overrides", "ignore")
+
+
+@dataclass(kw_only=True)
+class QuantizationModifier(Modifier):
+    """INT8 QAT from ``start_epoch`` to the end of training (it cannot be switched off).
+
+    Weights: symmetric per channel; activations: asymmetric per tensor. CNNs get conv-bn folded
+    first. Observers freeze at ``disable_quantization_observer_epoch``.
+    """
+
+    # legacy keys
+    submodules: list[str] | None = None
+    exclude_module_types: list[str] | None = None
+    quantize_embeddings: bool = True
+    quantize_linear_activations: bool = True
+    quantize_conv_activations: bool = True
+    activation_bits: int = 8
+    weight_bits: int = 8
+    num_calibration_steps: int | None = None
+    custom_quantizable_module_types: list[str] | None = None
+    model_fuse_fn_name: str | None = None
+    # both
+    disable_quantization_observer_epoch: float | None = None
+    freeze_bn_stats_epoch: float | None = None
+    reduce_range: bool = False
+    # newer keys
+    scheme: Any = None
+    scheme_overrides: dict[str, Any] | None = None
+    ignore: list[str] | None = None
+
+    epoch_fields: ClassVar[tuple[str, ...]] = (
+        "start_epoch", "end_epoch", "disable_quantization_observer_epoch",
+        "freeze_bn_stats_epoch")
+    until_end: ClassVar[bool] = True
+
+    def validate(self) -> None:
+        if self.end_epoch != -1:
+            raise ValueError("end_epoch: quantization runs to the end of training; remove "
+                             "end_epoch (or set it to -1)")
+        legacy = [k for k in LEGACY_KEYS if getattr(self, k) != _DEFAULTS[k]]
+        new = [k for k in NEW_KEYS if getattr(self, k) is not None]
+        if legacy and new:
+            raise ValueError(f"{new[0]}: newer-style keys ({', '.join(new)}) cannot be mixed "
+                             f"with legacy keys ({', '.join(legacy)})")
+        for name in ("activation_bits", "weight_bits"):
+            bits = getattr(self, name)
+            if bits != 8:
+                raise ValueError(f"{name}: only 8-bit quantization exports to INT8 ONNX, got {bits}")
+        for name in ("submodules", "exclude_module_types", "custom_quantizable_module_types",
+                     "ignore"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, list)
+                                      or not all(isinstance(v, str) for v in value)):
+                raise ValueError(f"{name}: must be a list of names, got {value!r}")
+        for name in ("disable_quantization_observer_epoch", "freeze_bn_stats_epoch"):
+            value = getattr(self, name)
+            if value is not None and value != -1 and self.start_epoch != -1 \
+                    and value < self.start_epoch:
+                raise ValueError(f"{name}: {value} is before start_epoch {self.start_epoch}")
+        if self.scheme is not None:
+            self._scheme_config()  # raises on a bad scheme
+
+    def last_epoch(self) -> float:
+        epochs = [self.start_epoch, self.disable_quantization_observer_epoch or 0.0,
+                  self.freeze_bn_stats_epoch or 0.0, 0.0]
+        return max(e for e in epochs if e is not None)
+
+    # --- configuration -----------------------------------------------------------------------
+    def _scheme_config(self) -> dict[str, Any]:
+        """Check a newer-style ``scheme`` and return it as a dict (``default`` = INT8 as above)."""
+        if self.scheme in (None, "default", "W8A8"):
+            return {}
+        if not isinstance(self.scheme, dict):
+            raise ValueError(f"scheme: must be 'default' or a mapping, got {self.scheme!r}")
+        for part, spec in self.scheme.items():
+            if part not in ("input_activations", "weights", "output_activations"):
+                raise ValueError(f"scheme: unknown part '{part}' (valid: input_activations, "
+                                 "weights, output_activations)")
+            if spec is None:
+                continue
+            if not isinstance(spec, dict):
+                raise ValueError(f"scheme.{part}: must be a mapping or null")
+            bits = spec.get("num_bits", 8)
+            if bits != 8:
+                raise ValueError(f"scheme.{part}.num_bits: only 8 bits export to INT8 ONNX")
+            strategy = spec.get("strategy", "tensor")
+            if strategy not in ("tensor", "channel"):
+                raise ValueError(f"scheme.{part}.strategy: '{strategy}' is not tensor/channel")
+        return dict(self.scheme)
+
+    def quantization_config(self) -> Any:
+        """The ``sparsify.quantization.QuantizationConfig`` these fields describe."""
+        from sparsify.quantization import QuantizationConfig
+
+        exclude = list(self.exclude_module_types or [])
+        ignore = list(self.ignore or [])
+        scheme = self._scheme_config()
+        linear_out = self.quantize_linear_activations
+        if scheme.get("output_activations", "absent") is None:
+            linear_out = False
+        return QuantizationConfig(
+            submodules=self.submodules,
+            exclude_module_types=exclude + [i for i in ignore if i[:1].isupper() and "." not in i],
+            ignore=[i for i in ignore if not (i[:1].isupper() and "." not in i)],
+            quantize_embeddings=self.quantize_embeddings,
+            quantize_linear_activations=linear_out,
+            quantize_conv_activations=self.quantize_conv_activations,
+            reduce_range=self.reduce_range,
+        )
+
+    # --- hooks -------------------------------------------------------------------------------
+    def on_start(self, state: ModifierState, event: Event) -> None:
+        from sparsify.quantization import prepare_qat_
+
+        before = {id(p) for group in (state.optimizer.param_groups if state.optimizer else [])
+                  for p in group["params"]}
+        prepare_qat_(state.model, self.quantization_config())
+        state.structure_version += 1
+        state.extras["qat_active"] = True
+        if state.optimizer is not None:
+            # Folding BN into convs can create bias parameters the optimizer has never seen.
+            new = [p for p in state.model.parameters() if p.requires_grad and id(p) not in before]
+            if new:
+                group = {k: v for k, v in state.optimizer.param_groups[0].items() if k != "params"}
+                state.optimizer.add_param_group({**group, "params": new})
+        logger.info("Quantization-aware training starts at epoch %.2f", event.epoch)
+        self._observers_frozen = False
+
+    def on_event(self, state: ModifierState, event: Event) -> None:
+        epoch = event.epoch
+        freeze_at = self.disable_quantization_observer_epoch
+        if not self._observers_frozen and freeze_at not in (None, -1) and epoch >= freeze_at:
+            from sparsify.quantization import disable_observers_
+
+            disable_observers_(state.model)
+            self._observers_frozen = True
+            logger.info("Quantization observers frozen at epoch %.2f", epoch)
+
+
+_DEFAULTS = {k: QuantizationModifier.__dataclass_fields__[k].default for k in LEGACY_KEYS}

@@ -1,0 +1,68 @@
+"""Parameter selectors: exact names, ``re:<regex>``, ``__ALL__``, ``__ALL_PRUNABLE__``."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from sparsify.errors import did_you_mean
+
+if TYPE_CHECKING:
+    import torch
+
+ALL = "__ALL__"
+ALL_PRUNABLE = "__ALL_PRUNABLE__"
+PRUNABLE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding", "Conv1D")
+
+
+def check_selector(field_name: str, value: Any) -> None:
+    """Validate a selector's shape (pure): a string or a list of strings, regexes compile."""
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(i, str) and i for i in items):
+        raise ValueError(f"{field_name}: must be a name, 're:<regex>', {ALL}, {ALL_PRUNABLE} "
+                         f"or a list of those, got {value!r}")
+    for item in items:
+        if item.startswith("re:"):
+            try:
+                re.compile(item[3:])
+            except re.error as exc:
+                raise ValueError(f"{field_name}: bad regex {item!r}: {exc}") from None
+
+
+def prunable_parameter_names(model: torch.nn.Module) -> list[str]:
+    """``.weight`` of every Linear, Conv (1d/2d/3d), Embedding and transformers Conv1D."""
+    names = []
+    for module_name, module in model.named_modules():
+        if type(module).__name__ in PRUNABLE_TYPES and getattr(module, "weight", None) is not None:
+            names.append(f"{module_name}.weight" if module_name else "weight")
+    return names
+
+
+def select_parameters(model: torch.nn.Module, selector: Any, field_name: str = "params",
+                      candidates: list[str] | None = None) -> dict[str, torch.nn.Parameter]:
+    """Parameters of ``model`` matched by ``selector``, by name, in model order.
+
+    Raises:
+        ValueError: the selector matches nothing (with the closest names).
+    """
+    params = dict(model.named_parameters())
+    names = list(params) if candidates is None else candidates
+    items = selector if isinstance(selector, list) else [selector]
+    chosen: dict[str, Any] = {}
+    for item in items:
+        if item == ALL:
+            matched = list(params)
+        elif item == ALL_PRUNABLE:
+            matched = prunable_parameter_names(model)
+        elif item.startswith("re:"):
+            pattern = re.compile(item[3:])
+            matched = [n for n in names if pattern.match(n)]
+        else:
+            matched = [item] if item in params else []
+        if not matched:
+            hint = did_you_mean(item, names) if not item.startswith("re:") else ""
+            raise ValueError(f"{field_name}: '{item}' matches no parameter of the model.{hint}")
+        for name in matched:
+            chosen[name] = params[name]
+    order = {n: i for i, n in enumerate(params)}
+    return {n: chosen[n] for n in sorted(chosen, key=order.__getitem__)}

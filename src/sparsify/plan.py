@@ -1,0 +1,406 @@
+"""The plan: use case + optim level (+ optional model / recipe) -> what a run will do.
+
+Pure functions over the tables in ``usecases.py`` and ``data/catalog.yaml``; no torch, no
+network. ``locate_model`` is the one function that looks at the file system (local zoo folders),
+so that ``--dry-run`` can say where the model would come from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparsify.errors import OptimLevelError, TrainKwargsError, did_you_mean
+from sparsify.usecases import UseCase
+from sparsify.zoo.catalog import CatalogEntry, catalog_entry
+from sparsify.zoo.local import find_in_local_zoo
+from sparsify.zoo.stub import is_stub, parse_stub
+
+#: A model counts as already sparse above this fraction of exact zeros in its prunable weights.
+SPARSE_MODEL_THRESHOLD = 0.05
+
+
+@dataclass(frozen=True)
+class Band:
+    """One optim-level band (OPTIM_LEVELS.md)."""
+
+    label: str
+    tier: str
+    pruned: bool
+    quantized: bool
+
+
+BANDS = (
+    Band("0.0", "largest", False, False),
+    Band("(0.0, 0.25)", "largest", False, True),
+    Band("[0.25, 0.5)", "largest", True, True),
+    Band("[0.5, 0.75)", "medium", True, True),
+    Band("[0.75, 1.0]", "smallest", True, True),
+)
+
+
+def parse_optim_level(value: str | float | int) -> float:
+    """Read an optim level: a float in [0, 1], or an integer percentage in (1, 100].
+
+    Raises:
+        OptimLevelError: not a number, NaN, negative, above 100, or a non-integer above 1.
+    """
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        raise OptimLevelError(
+            f"Invalid optim level '{text}': not a number. Valid: a float in [0, 1] "
+            "(e.g. 0.5) or an integer percentage in (1, 100] (e.g. 50)."
+        ) from None
+    if math.isnan(number) or number < 0:
+        raise OptimLevelError(
+            f"Invalid optim level '{text}': it must be in [0, 1] (or a percentage in (1, 100])."
+        )
+    if number <= 1.0:
+        return number
+    if number <= 100 and number == int(number):
+        return number / 100.0
+    raise OptimLevelError(
+        f"Invalid optim level '{text}': above 1 only integer percentages up to 100 are read "
+        f"(e.g. 50 = 0.5). Valid: a float in [0, 1] or an integer in (1, 100]."
+    )
+
+
+def band_for_level(level: float) -> Band:
+    """The band that holds ``level`` (already parsed into [0, 1])."""
+    if level == 0.0:
+        return BANDS[0]
+    if level < 0.25:
+        return BANDS[1]
+    if level < 0.5:
+        return BANDS[2]
+    if level < 0.75:
+        return BANDS[3]
+    return BANDS[4]
+
+
+def target_sparsity_for_level(level: float) -> float:
+    """Target sparsity of the pruned bands: 0.70 at 0.25 rising linearly to 0.95 at 1.0.
+
+    0.5 (the default) gives 0.78 and 0.75 gives 0.87; the bands that do not prune give 0.
+    """
+    if not band_for_level(level).pruned:
+        return 0.0
+    return round(0.70 + 0.25 * (level - 0.25) / 0.75, 2)
+
+
+def scheme_name(band: Band) -> str:
+    """``dense FP32``, ``INT8`` or ``pruned + INT8``."""
+    if band.pruned:
+        return "pruned + INT8"
+    return "INT8" if band.quantized else "dense FP32"
+
+
+def recipe_family(use_case: UseCase) -> str:
+    """Shipped recipes exist per family: image_classification, detection (+ segmentation), nlp."""
+    if use_case.catalog_family in ("detection", "segmentation"):
+        return "detection"
+    return use_case.catalog_family
+
+
+def choose_recipe(use_case: UseCase, band: Band, model_is_sparse: bool) -> str:
+    """Name of the shipped recipe for a band and a starting model.
+
+    - no pruning, no quantization: ``<family>_finetune``
+    - quantization only: ``<family>_quant``
+    - pruning, model already sparse: ``<family>_transfer`` (constant masks + QAT)
+    - pruning, dense model: ``<family>_gmp`` (gradual magnitude pruning + QAT)
+    """
+    family = recipe_family(use_case)
+    if not band.pruned:
+        return f"{family}_quant" if band.quantized else f"{family}_finetune"
+    return f"{family}_transfer" if model_is_sparse else f"{family}_gmp"
+
+
+@dataclass
+class ModelChoice:
+    """Where the starting model comes from.
+
+    Attributes:
+        spec: what ``--model`` said, or the catalog stub.
+        origin: ``user`` (``--model``) or ``catalog``.
+        location: a human-readable description of the source to be used.
+        local_path: a local file/folder when one is known without downloading.
+        expected_sparsity: the catalog's sparsity for the source, ``None`` when only loading
+            the model can tell (a user's model).
+        entry: the catalog entry used (``None`` for a user's model).
+    """
+
+    spec: str
+    origin: str
+    location: str
+    local_path: str | None = None
+    expected_sparsity: float | None = None
+    entry: CatalogEntry | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """What one ``sparse-transfer`` run will do."""
+
+    use_case: UseCase
+    optim_level: float
+    band: Band
+    target_sparsity: float
+    model: ModelChoice
+    recipe: str
+    recipe_origin: str
+    recipe_args: dict[str, Any]
+    train_kwargs: dict[str, Any]
+    teacher: str
+    device: str
+    seed: int
+    eval_metric: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def scheme(self) -> str:
+        return scheme_name(self.band)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``plan.yaml`` and ``--dry-run``."""
+        entry = self.model.entry
+        return {
+            "use_case": self.use_case.id,
+            "sparsify_name": self.use_case.sparsify_name,
+            "domain": self.use_case.domain,
+            "optim_level": self.optim_level,
+            "band": self.band.label,
+            "tier": self.band.tier,
+            "scheme": self.scheme,
+            "pruned": self.band.pruned,
+            "quantized": self.band.quantized,
+            "target_sparsity": self.target_sparsity,
+            "model": {
+                "spec": self.model.spec,
+                "origin": self.model.origin,
+                "source": self.model.location,
+                "local_path": self.model.local_path,
+                "expected_sparsity": self.model.expected_sparsity,
+                "architecture": entry.architecture if entry else None,
+                "catalog_stub": entry.stub if entry else None,
+            },
+            "recipe": {"name": self.recipe, "origin": self.recipe_origin,
+                       "args": dict(self.recipe_args)},
+            "teacher": self.teacher,
+            "train_kwargs": dict(self.train_kwargs),
+            "eval_metric": self.eval_metric,
+            "device": self.device,
+            "seed": self.seed,
+            "notes": list(self.model.notes) + list(self.notes),
+        }
+
+
+def locate_model(use_case: UseCase, band: Band, model: str | None) -> ModelChoice:
+    """Choose the starting model: the user's ``--model`` or the catalog entry for the band.
+
+    Looks only at local files (local zoo folders); never at the network.
+    """
+    if model:
+        path = Path(model).expanduser()
+        if path.exists():
+            return ModelChoice(model, "user", f"local path {path.resolve()}", str(path.resolve()))
+        if is_stub(model):
+            stub = parse_stub(model)
+            local = find_in_local_zoo(stub)
+            if local:
+                return ModelChoice(model, "user", f"local zoo {local}", str(local))
+            return ModelChoice(model, "user", "zoo stub (local zoo, SparseZoo cache, then "
+                               "catalog mirrors; resolved at run time)")
+        return ModelChoice(model, "user", "model name (torchvision / Hugging Face Hub / "
+                           "Ultralytics; resolved at run time)")
+
+    variant = "sparse" if band.pruned else "dense"
+    entry = catalog_entry(use_case.catalog_family, band.tier, variant)
+    local = find_in_local_zoo(parse_stub(entry.stub))
+    if local:
+        return ModelChoice(entry.stub, "catalog", f"local zoo {local}", str(local),
+                           entry.sparsity, entry)
+    if entry.sources:
+        return ModelChoice(entry.stub, "catalog", str(entry.sources[0]), None,
+                           entry.sparsity, entry)
+    if entry.fallback:
+        dense = catalog_entry(use_case.catalog_family, band.tier, entry.fallback)
+        local = find_in_local_zoo(parse_stub(dense.stub))
+        location = f"local zoo {local}" if local else str(dense.sources[0])
+        note = (f"{entry.stub} is not in a local zoo or SparseZoo cache; using the dense "
+                f"{dense.architecture} instead and pruning it gradually")
+        return ModelChoice(dense.stub, "catalog", location, str(local) if local else None,
+                           dense.sparsity, dense, [note])
+    raise AssertionError(f"catalog entry {entry.stub} has no source and no fallback")
+
+
+# --- --train-kwargs -------------------------------------------------------------------------
+
+_COMMON_KWARGS: dict[str, type | tuple[type, ...]] = {
+    "batch_size": int,
+    "eval_batch_size": int,
+    "learning_rate": float,
+    "weight_decay": float,
+    "gradient_accumulation_steps": int,
+    "num_workers": int,
+    "max_train_samples": int,
+    "max_eval_samples": int,
+    "optimizer": str,
+}
+_DOMAIN_KWARGS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "image_classification": {"image_size": int, "arch_key": str, "val_fraction": float},
+    "detection": {"image_size": int},
+    "segmentation": {"image_size": int},
+    "text_classification": {"max_seq_length": int, "text_column": str,
+                            "text_pair_column": str, "label_column": str,
+                            "val_fraction": float},
+    "token_classification": {"max_seq_length": int, "tokens_column": str,
+                             "tags_column": str, "val_fraction": float},
+    "question_answering": {"max_seq_length": int, "doc_stride": int, "val_fraction": float},
+}
+_POSITIVE = {"batch_size", "eval_batch_size", "gradient_accumulation_steps", "image_size",
+             "max_seq_length", "max_train_samples", "max_eval_samples", "doc_stride"}
+OPTIMIZERS = ("sgd", "adamw", "adam")
+
+
+def valid_train_kwargs(use_case: UseCase) -> dict[str, type | tuple[type, ...]]:
+    """Every ``--train-kwargs`` key the trainer of ``use_case`` reads, with its type."""
+    return {**_COMMON_KWARGS, **_DOMAIN_KWARGS[use_case.family]}
+
+
+def parse_train_kwargs(text: str | None, use_case: UseCase) -> dict[str, Any]:
+    """Parse and check ``--train-kwargs`` (a JSON object) for ``use_case``.
+
+    Raises:
+        TrainKwargsError: not a JSON object, an unknown key (valid ones listed), a value of the
+            wrong type or out of range.
+    """
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TrainKwargsError(
+            f"--train-kwargs is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}. "
+            'Example: --train-kwargs \'{"batch_size": 16, "learning_rate": 0.001}\''
+        ) from None
+    if not isinstance(value, dict):
+        raise TrainKwargsError(f"--train-kwargs must be a JSON object, got {text!r}.")
+    valid = valid_train_kwargs(use_case)
+    out: dict[str, Any] = {}
+    for key, val in value.items():
+        if key not in valid:
+            raise TrainKwargsError(
+                f"Unknown --train-kwargs key '{key}' for {use_case.id}."
+                f"{did_you_mean(key, valid)} Valid: {', '.join(sorted(valid))}."
+            )
+        expected = valid[key]
+        if expected is float and isinstance(val, int) and not isinstance(val, bool):
+            val = float(val)
+        if isinstance(val, bool) or not isinstance(val, expected):
+            name = expected.__name__ if isinstance(expected, type) else str(expected)
+            raise TrainKwargsError(
+                f"--train-kwargs '{key}' must be {name}, got {json.dumps(val)}."
+            )
+        if key in _POSITIVE and val <= 0:
+            raise TrainKwargsError(f"--train-kwargs '{key}' must be > 0, got {val}.")
+        if key in ("learning_rate", "weight_decay", "num_workers") and val < 0:
+            raise TrainKwargsError(f"--train-kwargs '{key}' must be >= 0, got {val}.")
+        if key == "val_fraction" and not 0.0 < val < 1.0:
+            raise TrainKwargsError(f"--train-kwargs 'val_fraction' must be in (0, 1), got {val}.")
+        if key == "optimizer" and val.lower() not in OPTIMIZERS:
+            raise TrainKwargsError(
+                f"--train-kwargs 'optimizer' must be one of {', '.join(OPTIMIZERS)}, got {val!r}."
+            )
+        out[key] = val.lower() if key == "optimizer" else val
+    return out
+
+
+DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
+
+
+def parse_device(text: str) -> str:
+    """Check ``--device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    from sparsify.errors import UsageError
+
+    value = text.strip().lower()
+    if value in ("auto", "cpu", "cuda", "mps") or (
+        value.startswith("cuda:") and value[5:].isdigit()
+    ):
+        return value
+    raise UsageError(f"Invalid --device '{text}'. Valid: {DEVICES_HELP}.")
+
+
+def parse_eval_metric(text: str | None, use_case: UseCase) -> str:
+    """The metric that ranks checkpoints; defaults to the use case's first metric."""
+    from sparsify.errors import UsageError
+
+    if not text:
+        return use_case.metrics[0]
+    value = text.strip().lower().replace("-", "_")
+    aliases = {"accuracy": "top1", "acc": "top1", "map": "map50_95", "em": "exact_match"}
+    if value not in use_case.metrics and aliases.get(value) in use_case.metrics:
+        value = aliases[value]
+    if value not in use_case.metrics:
+        raise UsageError(
+            f"Invalid --eval-metric '{text}' for {use_case.id}."
+            f"{did_you_mean(value, use_case.metrics)} Valid: {', '.join(use_case.metrics)}."
+        )
+    return value
+
+
+def build_plan(
+    use_case: UseCase,
+    optim_level: float,
+    *,
+    model: str | None = None,
+    recipe: str | None = None,
+    recipe_args: dict[str, Any] | None = None,
+    train_kwargs: dict[str, Any] | None = None,
+    teacher: str = "disable",
+    device: str = "auto",
+    seed: int = 42,
+    eval_metric: str | None = None,
+) -> Plan:
+    """Assemble the plan. ``--model`` overrides the catalog's model, not the band's scheme."""
+    band = band_for_level(optim_level)
+    choice = locate_model(use_case, band, model)
+    target = target_sparsity_for_level(optim_level)
+    notes: list[str] = []
+    args = dict(recipe_args or {})
+    if recipe:
+        recipe_name, origin = recipe, "user"
+    else:
+        sparse = (choice.expected_sparsity or 0.0) > SPARSE_MODEL_THRESHOLD
+        recipe_name, origin = choose_recipe(use_case, band, sparse), "shipped"
+        if choice.expected_sparsity is None and band.pruned:
+            notes.append(
+                f"recipe chosen after loading the model: {choose_recipe(use_case, band, True)} "
+                f"if more than {SPARSE_MODEL_THRESHOLD:.0%} of its prunable weights are zero, "
+                f"else {choose_recipe(use_case, band, False)}"
+            )
+        if recipe_name.endswith("_gmp"):
+            args.setdefault("target_sparsity", target)
+    return Plan(
+        use_case=use_case, optim_level=optim_level, band=band, target_sparsity=target,
+        model=choice, recipe=recipe_name, recipe_origin=origin, recipe_args=args,
+        train_kwargs=dict(train_kwargs or {}), teacher=teacher, device=device, seed=seed,
+        eval_metric=parse_eval_metric(eval_metric, use_case), notes=notes,
+    )
+
+
+def plan_to_yaml(plan: Plan, extra: dict[str, Any] | None = None) -> str:
+    """The plan as YAML text (``plan.yaml`` and ``--dry-run``)."""
+    import yaml
+
+    data = plan.to_dict()
+    if extra:
+        data.update(extra)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+

@@ -1,0 +1,1 @@
+"""SparseML-format recipes: parsing, variables, restricted ``eval``, validation (no torch)."""

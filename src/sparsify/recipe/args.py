@@ -1,0 +1,57 @@
+"""``--recipe-args``: a JSON object or ``k=v,k2=v2`` (pure)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from sparsify.errors import RecipeError
+
+
+def _scalar(text: str) -> Any:
+    # YAML's scalar rules read 12 as int, 7.0 as float, true as bool, and leave names as str.
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if isinstance(value, (dict, list)) or value is None else value
+
+
+def parse_recipe_args(text: str | None) -> dict[str, Any]:
+    """Parse ``--recipe-args``.
+
+    Raises:
+        RecipeError: not a JSON object and not a ``k=v`` list (with the offending part named).
+    """
+    if text is None or not text.strip():
+        return {}
+    stripped = text.strip()
+    if stripped.startswith("{") or stripped.startswith("["):
+        try:
+            value = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise RecipeError(
+                f"--recipe-args is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}. "
+                'Use a JSON object (\'{"num_epochs": 12}\') or k=v pairs (num_epochs=12,init_lr=1e-4).'
+            ) from None
+        if not isinstance(value, dict):
+            raise RecipeError(f"--recipe-args must be a JSON object, got {text!r}.")
+        for key in value:
+            if not isinstance(key, str) or not key.isidentifier():
+                raise RecipeError(f"--recipe-args key {key!r} is not a variable name.")
+        return value
+    out: dict[str, Any] = {}
+    for part in stripped.split(","):
+        key, sep, raw = part.partition("=")
+        key = key.strip()
+        if not sep or not key or not key.isidentifier():
+            raise RecipeError(
+                f"--recipe-args part {part.strip()!r} is not 'name=value'. "
+                "Use k=v pairs (num_epochs=12,init_lr=1e-4) or a JSON object."
+            )
+        if key in out:
+            raise RecipeError(f"--recipe-args sets '{key}' twice.")
+        out[key] = _scalar(raw.strip())
+    return out

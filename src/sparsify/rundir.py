@@ -1,0 +1,49 @@
+"""The run folder: a new timestamped folder per run, never reused (light, no torch)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import tempfile
+from pathlib import Path
+
+
+def run_folder_name(use_case_id: str, now: _dt.datetime | None = None) -> str:
+    """``sparse_transfer_<use_case>_<YYYY_MM_DD_HH_MM_SS>``."""
+    stamp = (now or _dt.datetime.now()).strftime("%Y_%m_%d_%H_%M_%S")
+    return f"sparse_transfer_{use_case_id}_{stamp}"
+
+
+def propose_run_dir(working_dir: Path, use_case_id: str, now: _dt.datetime | None = None) -> Path:
+    """The folder a run would create: the timestamped name, with ``_2``, ``_3``... when taken."""
+    base = working_dir / run_folder_name(use_case_id, now)
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}_{n}")
+    return candidate
+
+
+def create_run_dir(working_dir: Path, use_case_id: str) -> Path:
+    """Create the run folder atomically (``mkdir`` fails if another run took the name)."""
+    working_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        candidate = propose_run_dir(working_dir, use_case_id)
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,1 @@
+"""Model sources: ``zoo:`` stubs, the model catalog and the local resolver."""
