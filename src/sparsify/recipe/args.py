@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import yaml
-
 from sparsify.errors import RecipeError
 
 
 def _scalar(text: str) -> Any:
-    # YAML's scalar rules read 12 as int, 7.0 as float, true as bool, and leave names as str.
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    return text if isinstance(value, (dict, list)) or value is None else value
+    # int, then float (YAML 1.1 would leave "1e-4" a string), then true/false, else the text.
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    return text
 
 
 def parse_recipe_args(text: str | None) -> dict[str, Any]:
