@@ -155,7 +155,11 @@ class GMPruningModifier(_MaskingModifier):
                 else float(self.init_sparsity)) for n in self._finals
         }
         self._update_masks(state, self.start_epoch)
-        self._next_update = self.start_epoch + self.update_frequency
+        self._n_updates = 1
+
+    def _next_update(self) -> float:
+        # start + n * frequency, not a running sum: 0.1 + 0.1 + 0.1 > 0.3 would skip an update.
+        return self.start_epoch + self._n_updates * self.update_frequency - 1e-9
 
     def _target(self, name: str, epoch: float) -> float:
         return sparsity_at(epoch, self.start_epoch, self.end_epoch, self._inits[name],
@@ -185,10 +189,10 @@ class GMPruningModifier(_MaskingModifier):
         if event.type is not EventType.OPTIM_POST_STEP:
             return
         epoch = event.epoch
-        if epoch >= self._next_update and epoch < self.end_epoch:
+        if epoch >= self._next_update() and epoch < self.end_epoch:
             self._update_masks(state, epoch)
-            while self._next_update <= epoch:
-                self._next_update += self.update_frequency
+            while self._next_update() <= epoch:
+                self._n_updates += 1
         else:
             self.apply_masks(state)
 
