@@ -137,6 +137,13 @@ def sparse_transfer_command(use_case: str, data: str, model: str | None, optim_l
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen failure: say so cleanly
+        if debug:
+            traceback.print_exc()
+        click.secho(f"Error: unexpected failure: {type(exc).__name__}: {exc}", fg="red", err=True)
+        click.echo("Hint: run again with --debug for the traceback, and report it if it looks "
+                   "like a bug.", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,1 @@
+"""Training data: image folders, named datasets, synthetic data for tests and examples."""

@@ -1,0 +1,29 @@
+"""Export to ONNX and the checks run on every exported model (shared by all domains)."""
+
+from __future__ import annotations
+
+from sparsify.export.onnx_export import (
+    INTEGER_KERNEL_OPS,
+    compare_with_torch,
+    count_qdq,
+    export_onnx,
+    integer_kernel_count,
+    measure_latency,
+    onnx_weight_sparsity,
+    optimized_graph_op_counts,
+    ort_session,
+    run_onnx,
+)
+
+__all__ = [
+    "INTEGER_KERNEL_OPS",
+    "compare_with_torch",
+    "count_qdq",
+    "export_onnx",
+    "integer_kernel_count",
+    "measure_latency",
+    "onnx_weight_sparsity",
+    "optimized_graph_op_counts",
+    "ort_session",
+    "run_onnx",
+]

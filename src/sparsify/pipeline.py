@@ -1,0 +1,141 @@
+"""``sparse_transfer``: the stages of a run, in order (see docs/ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sparsify.errors import MissingExtraError, SparsifyError, UsageError
+from sparsify.plan import SPARSE_MODEL_THRESHOLD, Plan, choose_recipe, plan_to_yaml
+from sparsify.rundir import create_run_dir, write_text_atomic
+from sparsify.trainers import TRAINERS
+
+logger = logging.getLogger(__name__)
+
+
+def _require(module: str, extra: str, purpose: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(module, extra, purpose) from None
+
+
+def load_task_builder(plan: Plan) -> Any:
+    """The domain's task builder, with its optional packages checked first.
+
+    Raises:
+        MissingExtraError: a package of the domain's extra is missing.
+        UsageError: the use case has no trainer in this version.
+    """
+    uc = plan.use_case
+    for module in ("torch", "onnx", "onnxruntime", "accelerate"):
+        _require(module, uc.extra, f"Training for {uc.id}")
+    target = TRAINERS.get(uc.family)
+    if target is None:
+        raise UsageError(
+            f"Training for {uc.id} is not available in this version; only "
+            f"{', '.join(TRAINERS)} runs end to end so far.",
+            hint="--dry-run shows the plan and recipe for every use case.")
+    if uc.family == "image_classification":
+        _require("torchvision", "vision", "Image classification")
+    module, _, func = target.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def resolve_recipe(plan: Plan, model_sparsity: float) -> Any:
+    """The recipe stage: the shipped recipe is chosen again from the loaded model's measured
+    sparsity (constant masks if already sparse, gradual pruning if dense)."""
+    from sparsify.recipe.parser import load_recipe
+
+    name, args = plan.recipe, dict(plan.recipe_args)
+    if plan.recipe_origin == "shipped":
+        sparse = model_sparsity > SPARSE_MODEL_THRESHOLD
+        chosen = choose_recipe(plan.use_case, plan.band, sparse)
+        if chosen != name:
+            logger.info("Recipe %s instead of %s: the model is %.1f%% sparse", chosen, name,
+                        100 * model_sparsity)
+        if not chosen.endswith("_gmp"):
+            args.pop("target_sparsity", None)
+        elif "target_sparsity" not in args:
+            args["target_sparsity"] = plan.target_sparsity
+        plan.recipe = name = chosen
+        plan.recipe_args = args
+    return load_recipe(name, args)
+
+
+def resolve_teacher(plan: Plan, task: Any) -> Any:
+    """``disable`` -> None; ``self`` -> a frozen copy of the starting model; a path / stub ->
+    loaded like ``--model``."""
+    import copy
+
+    from sparsify.plan import locate_model
+
+    if plan.teacher == "disable":
+        return None
+    if plan.teacher == "self":
+        return copy.deepcopy(task.baseline)
+    from sparsify.trainers.vision_models import load_image_model
+
+    choice = locate_model(plan.use_case, plan.band, plan.teacher)
+    return load_image_model(choice, len(task.class_names)).model
+
+
+def sparse_transfer(plan: Plan, data: str, working_dir: Path) -> Path:
+    """Run every stage; returns the run folder."""
+    build_task = load_task_builder(plan)
+    run_dir = create_run_dir(working_dir, plan.use_case.id)
+    file_log = logging.FileHandler(run_dir / "run.log")
+    (run_dir / "logs").mkdir()
+    file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(file_log)
+    try:
+        return _stages(plan, data, run_dir, build_task)
+    finally:
+        logging.getLogger().removeHandler(file_log)
+        file_log.close()
+
+
+def _stages(plan: Plan, data: str, run_dir: Path, build_task: Any) -> Path:
+    from sparsify.report import build_metrics, measure_latencies, summary_table, write_metrics
+    from sparsify.trainers.common import prunable_sparsity
+
+    write_text_atomic(run_dir / "plan.yaml", plan_to_yaml(plan, {"data": data}))
+    try:
+        task = build_task(plan, data, run_dir)                              # data + model
+    except SparsifyError:
+        # Nothing was trained: the folder this run just made holds no result worth keeping.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    click.echo(f"Run folder: {run_dir}")
+    recipe = resolve_recipe(plan, task.start_sparsity)                       # recipe
+    write_text_atomic(run_dir / "plan.yaml", plan_to_yaml(plan, {"data": data}))
+    write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
+    teacher = resolve_teacher(plan, task)
+    train = task.train(recipe, teacher)                                      # train
+    artifacts = run_dir / "training_artifacts"
+    export = task.export(run_dir / "deployment", artifacts / "dense_baseline.onnx")  # export
+    from sparsify.export.deployment import gzip_size
+
+    onnx_path, baseline_path = Path(export["onnx"]), Path(export["baseline_onnx"])
+    sample = task.sample_batch(1)
+
+    def make_inputs(batch: int) -> dict[str, Any]:
+        return {"input": sample.repeat(batch, 1, 1, 1).numpy()}
+
+    latency = measure_latencies(onnx_path, baseline_path, make_inputs)     # report
+    sizes = {"onnx_bytes": onnx_path.stat().st_size, "onnx_gzip_bytes": gzip_size(onnx_path),
+             "baseline_bytes": baseline_path.stat().st_size,
+             "baseline_gzip_bytes": gzip_size(baseline_path)}
+    sparsity = prunable_sparsity(task.model)
+    metrics = build_metrics(plan.to_dict(), train, export, sparsity, sizes, latency, plan.recipe,
+                            task.start_sparsity, sum(p.numel() for p in task.model.parameters()))
+    write_metrics(run_dir / "metrics.yaml", metrics)
+    click.echo(f"\nDone: {run_dir}\n{summary_table(metrics)}")
+    click.echo(f"Deployment: {run_dir / 'deployment'}")
+    return run_dir
+

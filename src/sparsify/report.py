@@ -1,0 +1,84 @@
+"""``metrics.yaml`` and the summary table printed at the end of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sparsify.rundir import write_text_atomic
+
+
+def measure_latencies(model_onnx: Path, baseline_onnx: Path, make_inputs: Any,
+                      batch_sizes: tuple[int, ...] = (1, 32), runs: int = 20) -> dict[str, Any]:
+    """ONNX Runtime CPU latency of the result and of the dense FP32 baseline, measured in the
+    same process one after the other, with the speedup ratio per batch size."""
+    from sparsify.export.onnx_export import measure_latency
+
+    result = measure_latency(model_onnx, make_inputs, batch_sizes=batch_sizes, runs=runs)
+    baseline = measure_latency(baseline_onnx, make_inputs, batch_sizes=batch_sizes, runs=runs)
+    out: dict[str, Any] = {}
+    for b in batch_sizes:
+        out[f"batch_{b}"] = {
+            "model_ms": round(result[b], 3),
+            "dense_fp32_baseline_ms": round(baseline[b], 3),
+            "speedup": round(baseline[b] / result[b], 3) if result[b] > 0 else None,
+        }
+    return out
+
+
+def build_metrics(plan_dict: dict[str, Any], train: Any, export: dict[str, Any],
+                  sparsity: dict[str, Any], sizes: dict[str, Any], latency: dict[str, Any],
+                  recipe_name: str, start_sparsity: float, parameters: int) -> dict[str, Any]:
+    return {
+        "use_case": plan_dict["use_case"],
+        "optim_level": plan_dict["optim_level"],
+        "scheme": plan_dict["scheme"],
+        "recipe": recipe_name,
+        "task_metrics": {k: round(float(v), 5) for k, v in train.metrics.items()},
+        "best_epoch": train.best_epoch,
+        "best_epoch_metrics": {k: round(float(v), 5) for k, v in train.best_metrics.items()},
+        "epochs": train.epochs,
+        "train_seconds": round(train.seconds, 1),
+        "sparsity": {
+            "target": plan_dict["target_sparsity"],
+            "start": start_sparsity,
+            "overall": sparsity["overall"],
+            "onnx_initializers": round(export["onnx_sparsity"], 4),
+            "per_layer": sparsity["per_layer"],
+        },
+        "parameters": parameters,
+        "prunable_parameters": sparsity["prunable_parameters"],
+        "size": sizes,
+        "latency_onnxruntime_cpu": latency,
+        "export": {
+            "quantized": export.get("quantize_nodes", 0) > 0,
+            "integer_kernels": export["integer_kernels"],
+            "quantize_nodes": export["quantize_nodes"],
+            "agreement_with_pytorch": export["agreement"],
+        },
+    }
+
+
+def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    write_text_atomic(path, yaml.safe_dump(metrics, sort_keys=False))
+
+
+def summary_table(metrics: dict[str, Any]) -> str:
+    """A short table for the terminal."""
+    rows = [("task metrics", ", ".join(f"{k} {v:.4f}" for k, v in metrics["task_metrics"].items()
+                                      if k != "sparsity"))]
+    sp = metrics["sparsity"]
+    rows.append(("sparsity", f"{sp['overall']:.1%} of prunable weights (target "
+                             f"{sp['target']:.0%}, start {sp['start']:.1%})"))
+    size = metrics["size"]
+    rows.append(("ONNX size", f"{size['onnx_bytes'] / 1e6:.2f} MB, gzip "
+                              f"{size['onnx_gzip_bytes'] / 1e6:.2f} MB (dense FP32 gzip "
+                              f"{size['baseline_gzip_bytes'] / 1e6:.2f} MB)"))
+    for key, lat in metrics["latency_onnxruntime_cpu"].items():
+        rows.append((f"latency {key.replace('_', ' ')}",
+                     f"{lat['model_ms']:.2f} ms vs dense FP32 {lat['dense_fp32_baseline_ms']:.2f} "
+                     f"ms = {lat['speedup']:.2f}x"))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)

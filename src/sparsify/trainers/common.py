@@ -1,0 +1,86 @@
+"""Pieces every trainer shares: device choice, seeding, optimizers, checkpoints, sparsity."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsify.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover - numpy comes with the train extra
+        pass
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available, else MPS, else CPU; explicit devices are checked.
+
+    Raises:
+        UsageError: the requested device is not available here.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine. "
+                         "Use --device cpu or auto.")
+    if name == "mps" and not (getattr(torch.backends, "mps", None)
+                              and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: MPS is not available on this machine.")
+    return torch.device(name)
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float
+                    ) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True,
+                               weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def prunable_sparsity(model: nn.Module) -> dict[str, Any]:
+    """Exact zeros in the prunable weights: overall and per layer."""
+    from sparsify.modifiers.selectors import prunable_parameter_names
+
+    params = dict(model.named_parameters())
+    per_layer, zeros, total = {}, 0, 0
+    for name in prunable_parameter_names(model):
+        w = params[name].detach()
+        z = int((w == 0).sum())
+        per_layer[name] = round(z / w.numel(), 4)
+        zeros += z
+        total += w.numel()
+    return {"overall": round(zeros / max(total, 1), 4), "per_layer": per_layer,
+            "prunable_parameters": total}
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """``torch.save`` to a temporary name, then rename (never a half-written checkpoint)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def num_threads_note() -> str:
+    return f"{torch.get_num_threads()} threads"

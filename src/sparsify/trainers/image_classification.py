@@ -1,0 +1,264 @@
+"""Image classification: ImageFolder data, torchvision models, our own training loop.
+
+The loop maps onto the lifecycle's events; Accelerate places the model and data (and wraps DDP
+under ``torchrun`` / ``accelerate launch``). Mixed precision is used on GPU only while QAT is not
+active.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsify.errors import DataError, TrainingError
+from sparsify.plan import Plan
+from sparsify.trainers.common import (
+    build_optimizer, prunable_sparsity, resolve_device, save_checkpoint, seed_everything,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What training produced."""
+
+    metrics: dict[str, float]
+    best_metrics: dict[str, float]
+    best_epoch: int
+    epochs: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _topk(logits: torch.Tensor, target: torch.Tensor, k: int) -> int:
+    k = min(k, logits.shape[1])
+    return int((logits.topk(k, dim=1).indices == target[:, None]).any(dim=1).sum())
+
+
+class ImageClassificationTask:
+    """Data + model for one run; ``train`` and ``export`` are the later stages."""
+
+    def __init__(self, plan: Plan, data: str, run_dir: Path) -> None:
+        from sparsify.data.image_folder import (
+            build_datasets, resolve_named_image_dataset, validate_image_folder,
+        )
+        from sparsify.trainers.vision_models import load_image_model
+
+        self.plan, self.run_dir = plan, run_dir
+        kw = plan.train_kwargs
+        seed_everything(plan.seed)
+        root = resolve_named_image_dataset(data) or Path(data).expanduser()
+        layout = validate_image_folder(root)
+        self.image_size = int(kw.get("image_size", 224))
+        self.train_ds, self.val_ds, self.class_names = build_datasets(
+            layout, image_size=self.image_size, val_fraction=kw.get("val_fraction", 0.1),
+            seed=plan.seed, max_train_samples=kw.get("max_train_samples"),
+            max_eval_samples=kw.get("max_eval_samples"),
+            split_record_path=run_dir / "data_split.json",
+        )
+        loaded = load_image_model(plan.model, len(self.class_names), kw.get("arch_key"))
+        self.model, self.loaded = loaded.model, loaded
+        # The dense FP32 starting point, exported later as the latency baseline.
+        self.baseline = copy.deepcopy(self.model).eval()
+        self.start_sparsity = prunable_sparsity(self.model)["overall"]
+        logger.info("Data: %d train / %d val images, %d classes; model %s (%s), sparsity %.1f%%",
+                    len(self.train_ds), len(self.val_ds), len(self.class_names),
+                    loaded.arch_key, loaded.source, 100 * self.start_sparsity)
+
+    # --- training ----------------------------------------------------------------------------
+    def train(self, recipe: Any, teacher: nn.Module | None = None) -> TrainResult:
+        from accelerate import Accelerator
+        from torch.utils.data import DataLoader
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm.auto import tqdm
+
+        from sparsify.modifiers.lifecycle import ModifierLifecycle
+
+        kw, plan = self.plan.train_kwargs, self.plan
+        device = resolve_device(plan.device)
+        accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")
+        batch_size = int(kw.get("batch_size", 32))
+        accum = int(kw.get("gradient_accumulation_steps", 1))
+        workers = int(kw.get("num_workers", min(4, max(0, (torch.get_num_threads() or 1) - 1))))
+        gen = torch.Generator().manual_seed(plan.seed)
+        train_loader = DataLoader(self.train_ds, batch_size=batch_size, shuffle=True,
+                                  num_workers=workers, generator=gen, drop_last=False,
+                                  persistent_workers=workers > 0)
+        val_loader = DataLoader(self.val_ds, batch_size=int(kw.get("eval_batch_size", batch_size)),
+                                shuffle=False, num_workers=workers)
+        optimizer_name = kw.get("optimizer", "sgd")
+        lr = float(kw.get("learning_rate", 0.01 if optimizer_name == "sgd" else 1e-3))
+        wd = float(kw.get("weight_decay", 1e-4 if optimizer_name == "sgd" else 0.01))
+
+        model = self.model
+        if teacher is not None:
+            teacher = teacher.to(accelerator.device)
+        lifecycle = ModifierLifecycle(recipe, model, teacher)
+        optimizer = build_optimizer(model, optimizer_name, lr, wd)
+        model, optimizer, train_loader, val_loader = accelerator.prepare(
+            model, optimizer, train_loader, val_loader)
+        steps_per_epoch = max(1, math.ceil(len(train_loader) / accum))
+        lifecycle.initialize(optimizer, steps_per_epoch)
+        epochs = lifecycle.max_epochs
+        scheduler = None
+        if not lifecycle.controls_lr:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=epochs * steps_per_epoch)
+        amp_dtype = (torch.bfloat16 if accelerator.device.type == "cuda"
+                     and torch.cuda.is_bf16_supported() else None)
+
+        artifacts = self.run_dir / "training_artifacts"
+        artifacts.mkdir(exist_ok=True)
+        writer = SummaryWriter(str(self.run_dir / "logs")) if accelerator.is_main_process else None
+        metric_name = plan.eval_metric
+        best: dict[str, float] = {}
+        best_epoch, history = -1, []
+        started = time.monotonic()
+        for epoch in range(epochs):
+            model.train()
+            lifecycle.epoch_start()
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
+                       disable=not accelerator.is_main_process, dynamic_ncols=True, leave=True)
+            running, seen = 0.0, 0
+            for index, (images, targets) in enumerate(train_loader):
+                lifecycle.batch_start()
+                use_amp = amp_dtype is not None and not lifecycle.qat_active
+                context = (torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext())
+                with context:
+                    outputs = model(images)
+                    loss = F.cross_entropy(outputs, targets)
+                loss = lifecycle.loss_calculated(loss, images, outputs)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"The loss became {float(loss)} at epoch {lifecycle.epoch:.2f}.",
+                        hint="Lower the learning rate (--recipe-args init_lr=...) or check the data.")
+                accelerator.backward(loss / accum)
+                running += float(loss.detach()) * images.shape[0]
+                seen += images.shape[0]
+                last = index + 1 == len(train_loader)
+                if (index + 1) % accum == 0 or last:
+                    lifecycle.optim_pre_step()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    lifecycle.optim_post_step()
+                    if scheduler is not None:
+                        scheduler.step()
+                    lifecycle.batch_end()
+                    current_lr = optimizer.param_groups[0]["lr"]
+                    bar.set_postfix(loss=f"{running / max(seen, 1):.4f}", lr=f"{current_lr:.2e}",
+                                    qat="on" if lifecycle.qat_active else "off")
+                    bar.update(1)
+                    if writer:
+                        writer.add_scalar("train/loss", float(loss.detach()), lifecycle.step)
+                        writer.add_scalar("train/lr", current_lr, lifecycle.step)
+            bar.close()
+            lifecycle.epoch_end()
+            metrics = self.evaluate(model, val_loader, accelerator)
+            metrics["train_loss"] = running / max(seen, 1)
+            metrics["sparsity"] = prunable_sparsity(accelerator.unwrap_model(model))["overall"]
+            history.append({"epoch": epoch + 1, **metrics})
+            logger.info("epoch %d/%d: %s", epoch + 1, epochs,
+                        ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            if writer:
+                for key, value in metrics.items():
+                    writer.add_scalar(f"val/{key}", value, epoch + 1)
+            better = (not best or (metrics[metric_name] < best[metric_name] if metric_name == "loss"
+                                   else metrics[metric_name] >= best[metric_name]))
+            if accelerator.is_main_process:
+                payload = self._checkpoint(accelerator.unwrap_model(model), recipe, epoch + 1,
+                                           metrics, lifecycle.qat_active)
+                save_checkpoint(artifacts / "model_last.pth", payload)
+                if better:
+                    save_checkpoint(artifacts / "model_best.pth", payload)
+            if better:
+                best, best_epoch = dict(metrics), epoch + 1
+        lifecycle.finalize()
+        if writer:
+            writer.close()
+        self.model = accelerator.unwrap_model(model).cpu().eval()
+        self.qat = lifecycle.qat_active
+        final = self.evaluate(self.model, val_loader, None)
+        final["sparsity"] = prunable_sparsity(self.model)["overall"]
+        return TrainResult(final, best, best_epoch, epochs, history, time.monotonic() - started)
+
+    def _checkpoint(self, model: nn.Module, recipe: Any, epoch: int, metrics: dict[str, float],
+                    qat: bool) -> dict[str, Any]:
+        return {"state_dict": model.state_dict(), "arch_key": self.loaded.arch_key,
+                "num_classes": len(self.class_names), "class_names": list(self.class_names),
+                "epoch": epoch, "metrics": metrics, "qat": qat, "recipe": recipe.to_yaml(),
+                "image_size": self.image_size}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: Any, accelerator: Any) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        loss_sum, top1, top5, count = 0.0, 0, 0, 0
+        for images, targets in loader:
+            images, targets = images.to(device), targets.to(device)
+            logits = model(images).float()
+            if accelerator is not None:
+                logits, targets = accelerator.gather_for_metrics((logits, targets))
+            loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+            top1 += _topk(logits, targets, 1)
+            top5 += _topk(logits, targets, 5)
+            count += targets.shape[0]
+        if was_training:
+            model.train()
+        if count == 0:
+            raise DataError("The validation set is empty.")
+        metrics = {"top1": top1 / count, "loss": loss_sum / count}
+        if len(self.class_names) >= 5:
+            metrics["top5"] = top5 / count
+        return metrics
+
+    # --- export ------------------------------------------------------------------------------
+    def sample_batch(self, n: int = 32) -> torch.Tensor:
+        images = [self.val_ds[i][0] for i in range(min(n, len(self.val_ds)))]
+        return torch.stack(images)
+
+    def export(self, deploy_dir: Path, baseline_path: Path) -> dict[str, Any]:
+        """Export the trained model (INT8 when QAT ran) and the dense FP32 baseline; check the
+        export against PyTorch on the whole validation set."""
+        from sparsify.export.deployment import export_classifier
+
+        val_images = torch.cat([batch[0] for batch in _loader(self.val_ds, 64)])
+        return export_classifier(
+            model=self.model, baseline=self.baseline, val_images=val_images,
+            deploy_dir=deploy_dir, baseline_path=baseline_path, quantized=self.qat,
+            config={
+                "task": "image_classification",
+                "architecture": self.loaded.arch_key,
+                "class_names": list(self.class_names),
+                "num_classes": len(self.class_names),
+                **self._transform_config(),
+            },
+        )
+
+    def _transform_config(self) -> dict[str, Any]:
+        from sparsify.data.image_folder import transform_config
+
+        return transform_config(self.image_size)
+
+
+def _loader(dataset: Any, batch_size: int) -> Any:
+    from torch.utils.data import DataLoader
+
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+def run_image_classification(plan: Plan, data: str, run_dir: Path) -> ImageClassificationTask:
+    """Build the task (validates data and loads the model)."""
+    return ImageClassificationTask(plan, data, run_dir)
+

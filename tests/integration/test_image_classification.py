@@ -1,0 +1,133 @@
+"""The real CLI end to end on generated images and a ResNet-18 built from its config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torchvision
+import yaml
+
+from sparsify.data.synthetic import make_synthetic_image_folder
+from sparsify.export.onnx_export import (
+    count_qdq, integer_kernel_count, onnx_weight_sparsity, optimized_graph_op_counts, run_onnx,
+)
+
+pytestmark = pytest.mark.integration
+CLI = str(Path(sys.executable).parent / "sparsify.run")
+CLASSES = ("circle", "square", "triangle")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ic")
+    make_synthetic_image_folder(root / "data", classes=CLASSES, per_class=16, size=64, split=True,
+                                seed=0, val_per_class=6)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=len(CLASSES))
+    torch.save({"state_dict": model.state_dict(), "arch_key": "resnet18"}, root / "init.pth")
+    return root
+
+
+def run_cli(workspace, level, *extra):
+    work = workspace / f"runs_{level}"
+    cmd = [CLI, "sparse-transfer", "--use-case", "image_classification",
+           "--data", str(workspace / "data"), "--model", str(workspace / "init.pth"),
+           "--optim-level", level, "--recipe-args", '{"num_epochs": 2}',
+           "--train-kwargs", '{"image_size": 64, "batch_size": 16, "num_workers": 0}',
+           "--working-dir", str(work), *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    runs = sorted(work.glob("sparse_transfer_image_classification_*"))
+    assert len(runs) == 1
+    return runs[0], out
+
+
+def check_run_folder(run):
+    for name in ("plan.yaml", "recipe.yaml", "metrics.yaml", "data_split.json", "run.log",
+                 "training_artifacts/model_best.pth", "training_artifacts/model_last.pth",
+                 "training_artifacts/dense_baseline.onnx", "deployment/model.onnx",
+                 "deployment/config.json", "deployment/README.md",
+                 "deployment/sample_input.npz", "deployment/sample_output.npz"):
+        assert (run / name).is_file(), name
+    assert list((run / "logs").glob("events.out.tfevents.*")), "no TensorBoard events"
+    onnx.checker.check_model(onnx.load(str(run / "deployment/model.onnx")))
+    config = json.loads((run / "deployment/config.json").read_text())
+    assert config["class_names"] == list(CLASSES)  # lexicographic, as ImageFolder
+    sample_in = np.load(run / "deployment/sample_input.npz")["input"]
+    sample_out = np.load(run / "deployment/sample_output.npz")["logits"]
+    got = run_onnx(run / "deployment/model.onnx", {"input": sample_in})[0]
+    np.testing.assert_allclose(got, sample_out, rtol=1e-5, atol=1e-5)
+    metrics = yaml.safe_load((run / "metrics.yaml").read_text())
+    assert metrics["export"]["agreement_with_pytorch"]["top1_agreement"] >= 0.99
+    for key in ("batch_1", "batch_32"):
+        lat = metrics["latency_onnxruntime_cpu"][key]
+        assert lat["model_ms"] > 0 and lat["dense_fp32_baseline_ms"] > 0 and lat["speedup"] > 0
+    assert 0 <= metrics["task_metrics"]["top1"] <= 1
+    assert metrics["size"]["onnx_gzip_bytes"] > 0
+    ckpt = torch.load(run / "training_artifacts/model_last.pth", weights_only=True)
+    assert ckpt["arch_key"] == "resnet18" and "EpochRangeModifier" in ckpt["recipe"]
+    return metrics
+
+
+def test_level_0_dense_fp32(workspace):
+    run, _ = run_cli(workspace, "0.0")
+    metrics = check_run_folder(run)
+    path = run / "deployment/model.onnx"
+    assert count_qdq(path) == (0, 0)
+    assert integer_kernel_count(optimized_graph_op_counts(path)) == 0
+    assert metrics["recipe"] == "image_classification_finetune"
+    plan = yaml.safe_load((run / "plan.yaml").read_text())
+    assert plan["tier"] == "largest" and plan["scheme"] == "dense FP32"
+
+
+def test_level_02_int8_no_pruning(workspace):
+    run, _ = run_cli(workspace, "0.2")
+    metrics = check_run_folder(run)
+    path = run / "deployment/model.onnx"
+    counts = optimized_graph_op_counts(path)
+    assert counts.get("QLinearConv", 0) >= 20, counts  # every conv of ResNet-18 is integer
+    assert metrics["recipe"] == "image_classification_quant"
+    assert metrics["sparsity"]["overall"] < 0.05
+
+
+def test_level_05_pruned_int8_and_readme_example(workspace, tmp_path):
+    run, out = run_cli(workspace, "0.5")
+    metrics = check_run_folder(run)
+    path = run / "deployment/model.onnx"
+    target = yaml.safe_load((run / "plan.yaml").read_text())["target_sparsity"]
+    assert target == 0.78
+    assert onnx_weight_sparsity(path)["overall"] >= target - 0.01
+    assert metrics["sparsity"]["overall"] >= target - 0.01
+    assert integer_kernel_count(optimized_graph_op_counts(path)) >= 20
+    assert metrics["recipe"] == "image_classification_gmp"
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text().replace("!", ""))
+    assert recipe["target_sparsity"] == 0.78 and recipe["num_epochs"] == 2
+    assert "speedup" in out.stdout  # the summary table
+    # The README's Python example runs as written on a real image.
+    readme = (run / "deployment/README.md").read_text()
+    code = readme.split("```python\n")[1].split("```")[0]
+    image = next((workspace / "data/val/square").glob("*.png"))
+    code = code.replace('"image.jpg"', repr(str(image)))
+    result = subprocess.run([sys.executable, "-c", code], cwd=run / "deployment",
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in CLASSES
+
+
+def test_new_run_folder_each_time_never_overwrites(workspace):
+    first, _ = run_cli(workspace, "0.0") if not list((workspace / "runs_0.0").glob("*")) else (
+        sorted((workspace / "runs_0.0").glob("sparse_transfer_*"))[0], None)
+    before = (first / "metrics.yaml").read_text()
+    from sparsify.rundir import create_run_dir
+
+    again = create_run_dir(workspace / "runs_0.0", "image_classification")
+    assert again != first and (first / "metrics.yaml").read_text() == before

@@ -1,0 +1,52 @@
+"""Bad image data: exit code 1, one clean message, no traceback."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from sparsify.cli.main import cli
+
+pytestmark = pytest.mark.integration
+
+
+def _img(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(path)
+
+
+def _run(data, tmp_path):
+    return CliRunner().invoke(cli, ["sparse-transfer", "--use-case", "ic", "--data", str(data),
+                                    "--model", "resnet18", "--working-dir", str(tmp_path / "w")])
+
+
+def _layout(tmp_path, spec):
+    for rel in spec:
+        if rel.endswith("/"):
+            (tmp_path / rel).mkdir(parents=True, exist_ok=True)
+        elif rel.endswith(".bad"):
+            p = tmp_path / rel.replace(".bad", ".jpg")
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(b"not an image")
+        else:
+            _img(tmp_path / rel)
+    return tmp_path / "d"
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ([], "does not exist"),
+    (["d/"], "no class folders"),
+    (["d/a/1.png", "d/b/"], "no image"),
+    (["d/a/1.png", "d/a/2.png"], "at least 2 classes"),
+    (["d/train/a/1.png", "d/train/b/1.png", "d/val/a/1.png", "d/val/c/1.png"], "c"),
+    (["d/a/1.png", "d/a/2.png", "d/b/1.bad", "d/b/2.bad"], "b"),
+])
+def test_bad_data_exit_1(tmp_path, spec, expected):
+    data = _layout(tmp_path, spec)
+    result = _run(data, tmp_path)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ")
+    assert expected.lower() in result.output.lower()
+    assert not (tmp_path / "w").exists() or not list((tmp_path / "w").iterdir())
+    assert "Traceback" not in result.output

@@ -1,0 +1,351 @@
+"""QAT preparation: BatchNorm folding, fake-quant placement, names, observers."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsify.quantization import (
+    FakeQuantizer,
+    QATConv2d,
+    QATLinear,
+    QuantizationConfig,
+    disable_observers_,
+    enable_observers_,
+    fuse_conv_bn_,
+    is_qat_prepared,
+    prepare_qat_,
+    quantized_module_names,
+)
+
+torchvision = pytest.importorskip("torchvision")
+
+
+def randomize_bn_(model: nn.Module) -> nn.Module:
+    """Non-trivial BatchNorm statistics, so that folding has something to get wrong."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    return model
+
+
+class TinyResNet(nn.Module):
+    """conv-bn-relu, conv-bn, residual add, relu, global pool, linear."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(x))
+        y = self.relu(y + x)
+        return self.fc(torch.flatten(self.pool(y), 1))
+
+
+class TinyTransformer(nn.Module):
+    """Embedding, LayerNorm, attention-like matmuls and an MLP: nn.Linear everywhere."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16, num_classes: int = 3) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.ln1 = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.ln2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 2 * dim)
+        self.fc2 = nn.Linear(2 * dim, dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        h = self.ln1(self.emb(input_ids))
+        attn = torch.softmax(self.q(h) @ self.k(h).transpose(1, 2) / 4.0, dim=-1)
+        h = self.ln2(h + attn @ self.v(h))
+        h = h + self.fc2(F.gelu(self.fc1(h)))
+        return self.head(h[:, 0])
+
+
+def calibrate(model: nn.Module, shape: tuple[int, ...], steps: int = 3) -> None:
+    model.train()
+    with torch.no_grad():
+        for _ in range(steps):
+            model(torch.randn(*shape))
+
+
+# --- config -----------------------------------------------------------------------------------
+
+
+def test_config_weight_grid_is_7bit_by_default_and_validated():
+    assert QuantizationConfig().weight_qmax == 63
+    assert QuantizationConfig(weight_quant_range_7bit=False).weight_qmax == 127
+    assert QuantizationConfig(weight_quant_range_7bit=False, reduce_range=True).weight_qmax == 63
+    assert QuantizationConfig(weight_bits=4).weight_qmax == 7
+    with pytest.raises(ValueError, match="activation_bits=4"):
+        QuantizationConfig(activation_bits=4)
+    with pytest.raises(ValueError, match="weight_bits=9"):
+        QuantizationConfig(weight_bits=9)
+
+
+# --- BatchNorm folding ------------------------------------------------------------------------
+
+
+def test_fuse_conv_bn_keeps_outputs_names_and_parameter_objects():
+    torch.manual_seed(0)
+    model = randomize_bn_(TinyResNet()).eval()
+    with torch.no_grad():
+        model.conv1.weight[:, ::2] = 0.0  # a pruned weight
+    x = torch.randn(4, 3, 16, 16)
+    expected = model(x)
+    weight_obj, bn_bias_obj = model.conv1.weight, model.bn1.bias
+    zeros_before = model.conv1.weight == 0
+
+    pairs = fuse_conv_bn_(model)
+
+    assert pairs == [("conv1", "bn1"), ("conv2", "bn2")]
+    assert isinstance(model.bn1, nn.Identity) and isinstance(model.bn2, nn.Identity)
+    assert model.conv1.weight is weight_obj  # same Parameter: masks and optimizer still valid
+    assert model.conv1.bias is bn_bias_obj  # BN's bias Parameter re-used as the conv bias
+    assert torch.equal(model.conv1.weight == 0, zeros_before)
+    names = {n for n, _ in model.named_parameters()}
+    assert {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"} <= names
+    assert not any(n.startswith("bn") for n in names)
+    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch, n_bn", [("resnet18", 20), ("mobilenet_v2", 52)])
+def test_fuse_conv_bn_torchvision(arch, n_bn):
+    torch.manual_seed(0)
+    model = randomize_bn_(getattr(torchvision.models, arch)(num_classes=5)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected = model(x)
+    pairs = fuse_conv_bn_(model)
+    assert len(pairs) == n_bn
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(model(x), expected, rtol=1e-3, atol=1e-4)
+
+
+class Untraceable(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(self.features(x)))
+        return y if y.sum() > 0 else -y
+
+
+def test_fuse_conv_bn_falls_back_to_structure_when_fx_fails():
+    torch.manual_seed(0)
+    model = randomize_bn_(Untraceable()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    pairs = fuse_conv_bn_(model)
+    assert sorted(pairs) == [("conv", "bn"), ("features.0", "features.1")]
+    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+
+
+# --- prepare_qat_ -----------------------------------------------------------------------------
+
+
+def test_prepare_keeps_parameter_names_and_objects_resnet18():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5)
+    fuse_conv_bn_(model)
+    before = dict(model.named_parameters())
+
+    prepare_qat_(model)
+
+    after = dict(model.named_parameters())
+    assert after.keys() == before.keys()  # fake-quantizers add buffers, never parameters
+    assert all(after[n] is before[n] for n in before)
+    assert "layer1.0.conv1.weight" in after
+    conv = model.get_submodule("layer1.0.conv1")
+    assert isinstance(conv, QATConv2d) and isinstance(conv, nn.Conv2d)
+    assert isinstance(model.fc, QATLinear) and isinstance(model.fc, nn.Linear)
+    state = model.state_dict()
+    assert "layer1.0.conv1.weight_quant.scale" in state
+    assert "layer1.0.conv1.input_quant.zero_point" in state
+    names = quantized_module_names(model)
+    assert sum(1 for t in names.values() if t == "Conv2d") == 20
+    assert names["fc"] == "Linear"
+
+
+def test_prepare_folds_batchnorm_and_refuses_a_second_call():
+    model = TinyResNet()
+    assert not is_qat_prepared(model)
+    prepare_qat_(model)
+    assert is_qat_prepared(model)
+    assert isinstance(model.bn1, nn.Identity)
+    with pytest.raises(ValueError, match="already has fake quantization"):
+        prepare_qat_(model)
+
+
+def test_exclude_module_types_leaves_layernorm_untouched_and_quantizes_linears():
+    model = TinyTransformer()
+    prepare_qat_(model, QuantizationConfig(exclude_module_types=["LayerNorm"]))
+    names = quantized_module_names(model)
+    assert set(names) == {"emb", "q", "k", "v", "fc1", "fc2", "head"}
+    for ln in (model.ln1, model.ln2):
+        assert type(ln) is nn.LayerNorm
+        assert not list(ln.children())
+    assert all(isinstance(model.get_submodule(n), QATLinear) for n in ("q", "k", "fc1", "head"))
+
+
+def test_submodules_ignore_and_embedding_flag():
+    model = TinyTransformer()
+    config = QuantizationConfig(
+        submodules=["fc1", "fc2", "head", "emb"], ignore=["head"], quantize_embeddings=False
+    )
+    prepare_qat_(model, config)
+    assert set(quantized_module_names(model)) == {"fc1", "fc2"}
+    assert type(model.emb) is nn.Embedding
+    assert type(model.q) is nn.Linear
+
+    model = TinyTransformer()
+    prepare_qat_(model, QuantizationConfig(ignore=["Embedding", "q"]))
+    assert "emb" not in quantized_module_names(model)
+    assert "q" not in quantized_module_names(model)
+    assert "k" in quantized_module_names(model)
+
+
+def test_unknown_submodule_is_an_error_with_a_suggestion():
+    with pytest.raises(ValueError, match="'fc3'.*Did you mean 'fc[12]'.*Top-level modules: emb"):
+        prepare_qat_(TinyTransformer(), QuantizationConfig(submodules=["fc3"]))
+
+
+def test_linear_output_quantization_follows_the_flag():
+    model = TinyTransformer()
+    prepare_qat_(model, QuantizationConfig(quantize_linear_activations=False))
+    assert model.fc1.output_quant is None
+    model = TinyTransformer()
+    prepare_qat_(model)
+    assert isinstance(model.fc1.output_quant, FakeQuantizer)
+
+
+def test_weights_fake_quantized_on_the_7bit_grid_and_zeros_stay_zero():
+    torch.manual_seed(0)
+    for flag, qmax in ((True, 63), (False, 127)):
+        layer = nn.Sequential(nn.Conv2d(4, 6, 3))
+        with torch.no_grad():
+            layer[0].weight[:, :2] = 0.0
+        prepare_qat_(layer, QuantizationConfig(weight_quant_range_7bit=flag))
+        conv = layer[0]
+        wq, scale = conv.weight_quant(conv.weight)
+        grid = wq / scale.reshape(-1, 1, 1, 1)
+        torch.testing.assert_close(grid, grid.round(), atol=1e-4, rtol=0)
+        assert grid.abs().max().round() == qmax  # the largest weight of a channel hits qmax
+        assert torch.all(wq[:, :2] == 0)
+
+
+def test_activation_observers_update_in_training_only_and_freeze():
+    torch.manual_seed(0)
+    model = TinyResNet()
+    prepare_qat_(model)
+    calibrate(model, (8, 3, 16, 16))
+    quantizer = model.conv1.input_quant
+    scale = quantizer.scale.clone()
+    assert bool(quantizer.initialized) and scale != 1.0
+
+    model.eval()
+    with torch.no_grad():
+        model(10 * torch.randn(8, 3, 16, 16))
+    assert torch.equal(quantizer.scale, scale)  # eval data never moves the ranges
+
+    model.train()
+    with torch.no_grad():
+        model(10 * torch.randn(8, 3, 16, 16))
+    assert quantizer.scale > scale
+    moved = quantizer.scale.clone()
+
+    assert disable_observers_(model) > 0
+    weight_scale = model.conv1.weight_quant.scale.clone()
+    with torch.no_grad():
+        model.conv1.weight.mul_(0.5)
+        model(100 * torch.randn(8, 3, 16, 16))
+    assert torch.equal(quantizer.scale, moved)
+    assert torch.equal(model.conv1.weight_quant.scale, weight_scale)
+    enable_observers_(model)
+    with torch.no_grad():
+        model(torch.randn(8, 3, 16, 16))
+    assert not torch.equal(model.conv1.weight_quant.scale, weight_scale)
+
+
+def test_qat_training_step_updates_weights_through_fake_quant():
+    torch.manual_seed(0)
+    model = TinyResNet()
+    prepare_qat_(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
+    before = model.conv1.weight.detach().clone()
+    model.train()
+    for _ in range(2):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    assert torch.isfinite(loss)
+    assert model.conv1.weight.grad is not None and model.conv1.bias.grad is not None
+    assert not torch.equal(model.conv1.weight, before)
+
+
+def test_relu_after_conv_is_applied_once_and_inplace_relu_is_safe():
+    """The conv applies the ReLU before its output fake-quant; the ReLU module passes through."""
+    torch.manual_seed(0)
+    model = randomize_bn_(TinyResNet())
+    prepare_qat_(model)
+    calibrate(model, (8, 3, 16, 16))
+    model.eval()
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def record_first_call(module, inputs, output):
+        seen.setdefault("first", (inputs[0], output))
+
+    model.relu.register_forward_hook(record_first_call)
+    with torch.no_grad():
+        model(torch.randn(2, 3, 16, 16))
+    first_in, first_out = seen["first"]
+    assert first_out is first_in  # passed through: no second ReLU after the Q/DQ
+    assert bool((first_out >= 0).all())
+    assert model.conv1.output_quant.fused_activation == "relu"
+    assert model.conv2.output_quant.fused_activation is None  # conv2 feeds the residual add
+
+
+def test_prepared_model_survives_pickle_deepcopy_and_state_dict_reload():
+    torch.manual_seed(0)
+    model = randomize_bn_(TinyResNet())
+    prepare_qat_(model)
+    calibrate(model, (8, 3, 16, 16))
+    model.eval()
+    x = torch.randn(2, 3, 16, 16)
+    expected = model(x)
+
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    torch.testing.assert_close(loaded(x), expected)
+    torch.testing.assert_close(copy.deepcopy(model)(x), expected)
+
+    fresh = prepare_qat_(TinyResNet())
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh.eval()(x), expected)
