@@ -79,6 +79,6 @@ def summary_table(metrics: dict[str, Any]) -> str:
     for key, lat in metrics["latency_onnxruntime_cpu"].items():
         rows.append((f"latency {key.replace('_', ' ')}",
                      f"{lat['model_ms']:.2f} ms vs dense FP32 {lat['dense_fp32_baseline_ms']:.2f} "
-                     f"ms = {lat['speedup']:.2f}x"))
+                     f"ms: {lat['speedup']:.2f}x speedup"))
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)

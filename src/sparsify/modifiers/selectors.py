@@ -30,10 +30,18 @@ def check_selector(field_name: str, value: Any) -> None:
 
 
 def prunable_parameter_names(model: torch.nn.Module) -> list[str]:
-    """``.weight`` of every Linear, Conv (1d/2d/3d), Embedding and transformers Conv1D."""
+    """``.weight`` of every Linear, Conv (1d/2d/3d), Embedding and transformers Conv1D.
+
+    Subclasses count (QAT swaps ``nn.Conv2d`` for a ``QATConv2d`` subclass), so the same
+    weights are selected before and after quantization starts.
+    """
+    from torch import nn
+
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
     names = []
     for module_name, module in model.named_modules():
-        if type(module).__name__ in PRUNABLE_TYPES and getattr(module, "weight", None) is not None:
+        prunable = isinstance(module, kinds) or type(module).__name__ in PRUNABLE_TYPES
+        if prunable and isinstance(getattr(module, "weight", None), nn.Parameter):
             names.append(f"{module_name}.weight" if module_name else "weight")
     return names
 
