@@ -344,3 +344,76 @@ m_modifiers:
     no_lr = ModifierLifecycle(parse_recipe(
         "m_modifiers:\n  - !EpochRangeModifier\n      end_epoch: 1\n"), tiny())
     assert not no_lr.controls_lr
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 16)
+        self.norm = nn.LayerNorm(16)
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 8)
+
+    def forward(self, ids):
+        return self.fc2(torch.relu(self.fc1(self.norm(self.emb(ids))))).mean(1)
+
+
+def test_quantization_modifier_starts_on_schedule_on_selected_layers_only():
+    from sparsify.quantization import is_qat_prepared, quantized_module_names
+
+    model = Block()
+    recipe = parse_recipe("""
+m_modifiers:
+  - !EpochRangeModifier
+      end_epoch: 2
+  - !QuantizationModifier
+      start_epoch: 1.0
+      disable_quantization_observer_epoch: 1.5
+      exclude_module_types: [LayerNorm]
+      quantize_embeddings: false
+      submodules: [fc1, norm, emb]
+  - !ConstantPruningModifier
+      params: __ALL_PRUNABLE__
+""")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    lc = ModifierLifecycle(recipe, model)
+    lc.initialize(opt, SPE)
+    assert lc.qat_starts_at() == 1.0
+    seen = []
+    for step in range(2 * SPE):
+        lc.batch_start()
+        if step == SPE - 1:
+            assert not lc.qat_active and not is_qat_prepared(model)
+        ids = torch.randint(0, 20, (4, 5))
+        loss = lc.loss_calculated(model(ids).pow(2).mean())
+        loss.backward()
+        lc.optim_pre_step()
+        opt.step()
+        opt.zero_grad()
+        lc.optim_post_step()
+        lc.batch_end()
+        seen.append(lc.qat_active)
+    lc.finalize()
+    assert seen.index(True) == SPE - 1  # QAT switched on by the step that reached epoch 1.0
+    names = quantized_module_names(model)
+    assert "fc1" in names  # selected
+    assert "fc2" not in names  # outside submodules
+    assert "norm" not in names and "emb" not in names  # excluded type, embeddings off
+    observers = [m for m in model.modules() if hasattr(m, "observer_enabled")]
+    assert observers and not any(bool(m.observer_enabled) for m in observers)  # frozen at 1.5
+    # parameter names are unchanged, so masks still follow the weights
+    assert {n for n, _ in model.named_parameters()} >= {"fc1.weight", "fc2.weight", "emb.weight"}
+
+
+def test_quantization_modifier_key_styles_are_not_mixed():
+    from sparsify.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="cannot be mixed"):
+        parse_recipe("m_modifiers:\n  - !QuantizationModifier\n      ignore: [Upsample]\n"
+                     "      quantize_embeddings: false\n")
+    recipe = parse_recipe("m_modifiers:\n  - !QuantizationModifier\n      start_epoch: 3\n"
+                          "      ignore: [Upsample, model.22.dfl]\n"
+                          "      scheme: {weights: {num_bits: 8, symmetric: true, "
+                          "strategy: channel}, input_activations: {num_bits: 8}}\n")
+    config = recipe.modifiers[0].build().quantization_config()
+    assert "Upsample" in config.exclude_module_types and "model.22.dfl" in config.ignore
