@@ -119,7 +119,6 @@ def _fold_quantization_constants(model: onnx.ModelProto) -> int:
     Returns:
         The number of nodes folded.
     """
-    import onnx
     from onnx import helper, numpy_helper
     from onnx.reference import ReferenceEvaluator
 
