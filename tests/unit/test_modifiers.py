@@ -417,3 +417,27 @@ def test_quantization_modifier_key_styles_are_not_mixed():
                           "strategy: channel}, input_activations: {num_bits: 8}}\n")
     config = recipe.modifiers[0].build().quantization_config()
     assert "Upsample" in config.exclude_module_types and "model.22.dfl" in config.ignore
+
+
+def test_quantization_fields_are_honoured_or_refused():
+    from sparsify.errors import RecipeError
+
+    def build(fields):
+        text = "m_modifiers:\n  - !QuantizationModifier\n" + "".join(
+            f"      {k}: {v}\n" for k, v in fields.items())
+        return parse_recipe(text).modifiers[0].build()
+
+    assert build({"model_fuse_fn_name": "no_fuse"}).quantization_config().fold_batchnorm is False
+    assert build({}).quantization_config().fold_batchnorm is True
+    config = build({"scheme_overrides": "{Linear: null, model.0.conv: default}"}
+                   ).quantization_config()
+    assert "Linear" in config.exclude_module_types
+    for bad, field in [({"model_fuse_fn_name": "magic"}, "model_fuse_fn_name"),
+                       ({"custom_quantizable_module_types": "[MyConv]"},
+                        "custom_quantizable_module_types"),
+                       ({"scheme_overrides": "{Linear: {weights: {num_bits: 4}}}"},
+                        "scheme_overrides"),
+                       ({"weight_bits": 4}, "weight_bits"),
+                       ({"end_epoch": 3}, "end_epoch")]:
+        with pytest.raises(RecipeError, match=field):
+            build(bad)

@@ -15,6 +15,8 @@ LEGACY_KEYS = ("submodules", "exclude_module_types", "quantize_embeddings",
                "weight_bits", "num_calibration_steps", "custom_quantizable_module_types",
                "model_fuse_fn_name")
 NEW_KEYS = ("scheme", "scheme_overrides", "ignore")
+#: SparseML's names: default / conv_bn_relus fold conv+bn(+relu); no_fuse keeps BatchNorm.
+FUSE_FN_NAMES = (None, "conv_bn_relus", "fuse_module", "no_fuse")
 
 
 @dataclass(kw_only=True)
@@ -76,6 +78,21 @@ class QuantizationModifier(Modifier):
                 raise ValueError(f"{name}: {value} is before start_epoch {self.start_epoch}")
         if self.scheme is not None:
             self._scheme_config()  # raises on a bad scheme
+        if self.scheme_overrides is not None:
+            if not isinstance(self.scheme_overrides, dict):
+                raise ValueError("scheme_overrides: must map module types or names to a scheme")
+            for target, scheme in self.scheme_overrides.items():
+                if scheme not in (None, "default", "W8A8"):
+                    raise ValueError(
+                        f"scheme_overrides: '{target}' asks for its own scheme; only null (do not "
+                        "quantize it) or 'default' can be exported as INT8 here")
+        if self.custom_quantizable_module_types:
+            raise ValueError("custom_quantizable_module_types: quantizing custom module types is "
+                             "not supported; Conv, Linear, Embedding and their activations are "
+                             "quantized (remove the field)")
+        if self.model_fuse_fn_name not in FUSE_FN_NAMES:
+            raise ValueError(f"model_fuse_fn_name: '{self.model_fuse_fn_name}' is not one of "
+                             f"{', '.join(str(n) for n in FUSE_FN_NAMES)}")
 
     def last_epoch(self) -> float:
         epochs = [self.start_epoch, self.disable_quantization_observer_epoch or 0.0,
@@ -111,6 +128,7 @@ class QuantizationModifier(Modifier):
 
         exclude = list(self.exclude_module_types or [])
         ignore = list(self.ignore or [])
+        ignore += [t for t, v in (self.scheme_overrides or {}).items() if v is None]
         scheme = self._scheme_config()
         linear_out = self.quantize_linear_activations
         if scheme.get("output_activations", "absent") is None:
@@ -123,6 +141,7 @@ class QuantizationModifier(Modifier):
             quantize_linear_activations=linear_out,
             quantize_conv_activations=self.quantize_conv_activations,
             reduce_range=self.reduce_range,
+            fold_batchnorm=self.model_fuse_fn_name != "no_fuse",
         )
 
     # --- hooks -------------------------------------------------------------------------------
@@ -141,6 +160,10 @@ class QuantizationModifier(Modifier):
                 group = {k: v for k, v in state.optimizer.param_groups[0].items() if k != "params"}
                 state.optimizer.add_param_group({**group, "params": new})
         logger.info("Quantization-aware training starts at epoch %.2f", event.epoch)
+        if self.num_calibration_steps:
+            logger.warning("num_calibration_steps=%s: observers calibrate on the QAT training "
+                           "steps themselves; no separate calibration pass is run",
+                           self.num_calibration_steps)
         self._observers_frozen = False
 
     def on_event(self, state: ModifierState, event: Event) -> None:
