@@ -57,6 +57,10 @@ __all__ = [
     "FakeQuantizer",
     "WeightFakeQuantizer",
     "fuse_conv_bn_",
+    "conv_bn_pairs",
+    "fold_qat_batchnorm_",
+    "freeze_bn_stats_",
+    "has_unfolded_qat_batchnorm",
     "prepare_qat_",
     "disable_observers_",
     "enable_observers_",
@@ -122,9 +126,15 @@ class QuantizationConfig:
         quantize_conv_activations: fake-quantize the output of convolutions, and of the
             ReLU/ReLU6/pooling/flatten modules between them. Without it convolutions cannot
             become ``QLinearConv`` (ONNX Runtime needs the output QuantizeLinear).
-        fold_batchnorm: fold BatchNorm into the preceding convolution before inserting fake
-            quantization (INT8_EXPORT.md pitfall 5). Because the statistics are folded at QAT
-            start, a recipe's ``freeze_bn_stats_epoch`` has nothing left to freeze.
+        fold_batchnorm: quantize each Conv followed by a BatchNorm as the folded pair
+            (INT8_EXPORT.md pitfall 5). During QAT the BatchNorm keeps training (batch
+            statistics, running averages updated until :func:`freeze_bn_stats_`) and the conv's
+            weight is fake-quantized in its folded form ``w * gamma / sqrt(running_var + eps)``;
+            :func:`fold_qat_batchnorm_` (called at finalize and by the export) then folds the
+            pair into one conv whose weights lie on the same grid. Folding at QAT start instead
+            made training unstable (bench/bench_image_classification.py: top-1 0.92 -> 0.38
+            the epoch after QAT started). ``False`` leaves BatchNorm float and the convs before
+            it unquantized.
         averaging_constant: weight of a new batch in the moving-average min/max of the
             activation observers (PyTorch's default for QAT is 0.01).
     """
@@ -486,10 +496,32 @@ class _QATWeightedMixin(_QATModule):
         return y
 
 
+def _bn_factor(bn: nn.Module) -> torch.Tensor:
+    """``gamma / sqrt(running_var + eps)`` per channel, kept away from 0 (it is divided by)."""
+    std = torch.sqrt(bn.running_var + bn.eps)
+    gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(std)
+    factor = gamma / std
+    tiny = torch.full_like(factor, 1e-12)
+    return torch.where(factor.abs() < 1e-12, torch.where(factor < 0, -tiny, tiny), factor)
+
+
 class _QATConvMixin(_QATWeightedMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self.__dict__.get("_qat_bn")
+        if bn is not None:
+            return self._qat_forward_before_bn(x, bn)
         x, weight, bias = self._qat_quantized_operands(x)
         return self._qat_output(self._conv_forward(x, weight, bias))
+
+    def _qat_forward_before_bn(self, x: torch.Tensor, bn: nn.Module) -> torch.Tensor:
+        # The weight is quantized as it will be after folding (w * factor), then divided back:
+        # the BatchNorm that follows multiplies by the same factor at inference, so evaluation
+        # here equals the folded INT8 conv. Gradients pass straight through (STE).
+        x, _ = _quantized_input(x, self.input_quant)
+        shape = (-1,) + (1,) * (self.weight.dim() - 1)
+        factor = _bn_factor(bn).reshape(shape)
+        folded, _ = self.weight_quant(self.weight * factor)
+        return self._conv_forward(x, folded / factor, self.bias)
 
 
 class QATConv1d(_QATConvMixin, nn.Conv1d):
@@ -502,6 +534,40 @@ class QATConv2d(_QATConvMixin, nn.Conv2d):
 
 class QATConv3d(_QATConvMixin, nn.Conv3d):
     """``nn.Conv3d`` with fake-quantized input, weight, int32 bias and output."""
+
+
+class _QATBatchNormMixin(_QATModule):
+    """BatchNorm after a fake-quantized conv: keeps training during QAT, quantizes its output
+    (after the ReLU fused into it), and is folded into the conv by :func:`fold_qat_batchnorm_`."""
+
+    output_quant: FakeQuantizer | None
+    _qat_fused_activation: str | None
+    _qat_stats_frozen: bool
+
+    def _qat_setup(self, config: QuantizationConfig, quantize_output: bool) -> None:
+        self.output_quant = FakeQuantizer(config.averaging_constant) if quantize_output else None
+        self._qat_fused_activation = None
+        self._qat_stats_frozen = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._qat_stats_frozen and self.training:
+            y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                             False, 0.0, self.eps)
+        else:
+            y = super().forward(x)  # type: ignore[misc]
+        return _QATWeightedMixin._qat_output(self, y)  # type: ignore[arg-type]
+
+
+class QATBatchNorm1d(_QATBatchNormMixin, nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` between a quantized conv and its output quantization."""
+
+
+class QATBatchNorm2d(_QATBatchNormMixin, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` between a quantized conv and its output quantization."""
+
+
+class QATBatchNorm3d(_QATBatchNormMixin, nn.BatchNorm3d):
+    """``nn.BatchNorm3d`` between a quantized conv and its output quantization."""
 
 
 class QATLinear(_QATWeightedMixin, nn.Linear):
@@ -643,6 +709,9 @@ _ACTIVATION_SWAPS: dict[type[nn.Module], type[nn.Module]] = {
     nn.AvgPool2d: QATAvgPool2d,
 }
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BN_SWAPS: dict[type[nn.Module], type[nn.Module]] = {
+    nn.BatchNorm1d: QATBatchNorm1d, nn.BatchNorm2d: QATBatchNorm2d, nn.BatchNorm3d: QATBatchNorm3d,
+}
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _ACTIVATION_KINDS: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 
@@ -760,23 +829,82 @@ def fuse_conv_bn_(model: nn.Module) -> list[tuple[str, str]]:
     Returns:
         The folded ``(conv_name, bn_name)`` pairs.
     """
-    gm = _fx_trace(model)
-    pairs = _conv_bn_pairs_fx(model, gm) if gm is not None else _conv_bn_pairs_by_structure(model)
+    pairs = conv_bn_pairs(model)
     for conv_name, bn_name in pairs:
-        conv = model.get_submodule(conv_name)
-        bn = model.get_submodule(bn_name)
-        if bn.running_mean is None or bn.running_var is None:
-            logger.warning("Not folding %s: it tracks no running statistics.", bn_name)
-            continue
-        if bn.num_features != conv.out_channels:
-            continue
-        _fold_bn_into_conv(conv, bn)
-        parent_name, _, attr = bn_name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, nn.Identity())
+        _fold_bn_into_conv(model.get_submodule(conv_name), model.get_submodule(bn_name))
+        _replace_with_identity(model, bn_name)
     if pairs:
         logger.info("Folded %d BatchNorm layers into convolutions.", len(pairs))
     return pairs
+
+
+def conv_bn_pairs(model: nn.Module, gm=None) -> list[tuple[str, str]]:
+    """``(conv_name, bn_name)`` for every BatchNorm that directly follows a convolution and
+    can be folded into it (see :func:`fuse_conv_bn_` for how pairs are found)."""
+    gm = gm if gm is not None else _fx_trace(model)
+    pairs = _conv_bn_pairs_fx(model, gm) if gm is not None else _conv_bn_pairs_by_structure(model)
+    usable = []
+    for conv_name, bn_name in pairs:
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        if bn.running_mean is None or bn.running_var is None:
+            logger.warning("Not folding %s: it tracks no running statistics.", bn_name)
+        elif bn.num_features == conv.out_channels:
+            usable.append((conv_name, bn_name))
+    return usable
+
+
+def _replace_with_identity(model: nn.Module, name: str) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, nn.Identity())
+
+
+def has_unfolded_qat_batchnorm(model: nn.Module) -> bool:
+    """Whether QAT convs still train with their BatchNorm (fold before exporting)."""
+    return any("_qat_bn" in m.__dict__ for m in model.modules())
+
+
+@torch.no_grad()
+def fold_qat_batchnorm_(model: nn.Module) -> int:
+    """Fold each BatchNorm that trained beside a QAT conv into that conv, in place.
+
+    The conv weight becomes ``w * gamma / sqrt(running_var + eps)`` (the form its fake
+    quantization used, so it stays on the same grid; zeros stay zero), the bias absorbs the
+    BatchNorm's shift, the BatchNorm's output quantization and fused ReLU move onto the conv,
+    and the BatchNorm becomes ``nn.Identity``. Afterwards the model exports to ``QLinearConv``.
+
+    Returns:
+        The number of BatchNorm layers folded.
+    """
+    done = 0
+    for conv in list(model.modules()):
+        bn = conv.__dict__.pop("_qat_bn", None)
+        if bn is None:
+            continue
+        bn_name = conv.__dict__.pop("_qat_bn_name")
+        _fold_bn_into_conv(conv, bn)
+        conv.output_quant = bn.output_quant
+        conv._qat_fused_activation = bn._qat_fused_activation
+        _replace_with_identity(model, bn_name)
+        done += 1
+    if done:
+        logger.info("Folded %d BatchNorm layers into their quantized convolutions.", done)
+    return done
+
+
+def freeze_bn_stats_(model: nn.Module) -> int:
+    """Stop updating the running statistics of the BatchNorms that train beside QAT convs
+    (recipe ``freeze_bn_stats_epoch``); they normalise with their running averages from now on.
+
+    Returns:
+        The number of BatchNorm layers frozen.
+    """
+    n = 0
+    for module in model.modules():
+        if isinstance(module, _QATBatchNormMixin):
+            module._qat_stats_frozen = True
+            n += 1
+    return n
 
 
 # --------------------------------------------------------------------------------------------
@@ -788,12 +916,14 @@ def _under(name: str, prefix: str) -> bool:
     return prefix == "" or name == prefix or name.startswith(prefix + ".")
 
 
-def _fusable_activations(model: nn.Module, gm) -> dict[str, tuple[str, str]]:
-    """``{weighted module name: (activation module name, kind)}`` for Conv/Linear → ReLU(6).
+def _fusable_activations(model: nn.Module, gm, paired_bns: set[str] | frozenset = frozenset()
+                         ) -> dict[str, tuple[str, str]]:
+    """``{output module name: (activation module name, kind)}`` for Conv/Linear → ReLU(6).
 
-    Only through ``nn.Identity`` (folded BatchNorm) and only if the conv's output has no other
-    user: the activation is then applied inside the conv, before its output quantization, which
-    is the Conv → Relu → QuantizeLinear order ONNX Runtime fuses into ``QLinearConv``.
+    Only through ``nn.Identity`` or the conv's own BatchNorm (then the BatchNorm, which holds
+    the output quantization during QAT, is the output module) and only if the output has no
+    other user: the activation is applied before the output quantization, which is the
+    Conv → Relu → QuantizeLinear order ONNX Runtime fuses into ``QLinearConv``.
     """
     counts = _call_counts(gm)
     found: dict[str, tuple[str, str]] = {}
@@ -802,7 +932,7 @@ def _fusable_activations(model: nn.Module, gm) -> dict[str, tuple[str, str]]:
             continue
         if type(model.get_submodule(node.target)) not in _WEIGHTED_SWAPS:
             continue
-        cur = node
+        cur, holder = node, node.target
         while len(cur.users) == 1:
             (user,) = cur.users
             if user.op != "call_module":
@@ -811,9 +941,12 @@ def _fusable_activations(model: nn.Module, gm) -> dict[str, tuple[str, str]]:
             if type(module) is nn.Identity:
                 cur = user
                 continue
+            if user.target in paired_bns and cur is node:
+                cur, holder = user, user.target
+                continue
             kind = _ACTIVATION_KINDS.get(type(module))
             if kind is not None:
-                found[node.target] = (user.target, kind)
+                found[holder] = (user.target, kind)
             break
     return found
 
@@ -875,17 +1008,11 @@ def prepare_qat_(model: nn.Module, config: QuantizationConfig | None = None) -> 
                 f"{type(model).__name__}.{did_you_mean(prefix, names)} Top-level modules: "
                 f"{', '.join(n for n, _ in model.named_children())}."
             )
-    if config.fold_batchnorm:
-        fuse_conv_bn_(model)
-    remaining = [n for n, m in model.named_modules() if isinstance(m, _BN_TYPES)]
-    if remaining:
-        logger.warning(
-            "%d BatchNorm layers are not folded (e.g. %s): the convolutions before them stay "
-            "float in ONNX Runtime.", len(remaining), remaining[0],
-        )
-
     gm = _fx_trace(model)
-    fusable = _fusable_activations(model, gm) if gm is not None else {}
+    pairs = conv_bn_pairs(model, gm) if config.fold_batchnorm else []
+    bn_of = dict(pairs)
+    paired_bns = set(bn_of.values())
+    fusable = _fusable_activations(model, gm, paired_bns) if gm is not None else {}
 
     selected = list(_select_modules(model, config))
     swapped: set[str] = set()
@@ -895,16 +1022,36 @@ def prepare_qat_(model: nn.Module, config: QuantizationConfig | None = None) -> 
             quantize_output = config.quantize_linear_activations
         else:
             quantize_output = config.quantize_conv_activations
+        if (target in (QATConv1d, QATConv2d, QATConv3d) and name not in bn_of
+                and gm is not None and _followed_by_bn(gm, model, name)):
+            # A conv whose BatchNorm is not folded would stay float in ONNX Runtime with Q/DQ
+            # around it: slower than no quantization. Leave it float.
+            logger.warning("%s is followed by a BatchNorm that is not folded: left float.", name)
+            continue
         module.__class__ = target
         module._qat_original_type = original
         module._qat_setup(config, quantize_output)
         swapped.add(name)
+        if name in bn_of:
+            bn_name = bn_of[name]
+            bn = model.get_submodule(bn_name)
+            bn_type = type(bn).__name__
+            bn.__class__ = _BN_SWAPS[type(bn)]
+            bn._qat_original_type = bn_type
+            bn._qat_setup(config, module.output_quant is not None)
+            module.output_quant = None
+            module.__dict__["_qat_bn"] = bn
+            module.__dict__["_qat_bn_name"] = bn_name
+            swapped.add(bn_name)
 
     for name, (act_name, kind) in fusable.items():
         module = model.get_submodule(name)
+        if name in paired_bns and name not in swapped:
+            continue
         # Fuse only if the activation module itself is swapped: it must pass the tensor
         # through instead of applying the activation a second time after the Q/DQ.
-        if name in swapped and act_name in swapped and module.output_quant is not None:
+        if name in swapped and act_name in swapped and getattr(module, "output_quant", None) \
+                is not None:
             module._qat_fused_activation = kind
             module.output_quant.fused_activation = kind
 
@@ -916,6 +1063,14 @@ def prepare_qat_(model: nn.Module, config: QuantizationConfig | None = None) -> 
         sum(1 for n in fusable if n in swapped and model.get_submodule(n)._qat_fused_activation),
     )
     return model
+
+
+def _followed_by_bn(gm, model: nn.Module, name: str) -> bool:
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target == name:
+            return any(u.op == "call_module" and isinstance(model.get_submodule(u.target),
+                                                              _BN_TYPES) for u in node.users)
+    return False
 
 
 def _quantizers(model: nn.Module) -> Iterator[nn.Module]:

@@ -37,7 +37,7 @@ from sparsify.export import (
     ort_session,
     run_onnx,
 )
-from sparsify.quantization import QuantizationConfig, prepare_qat_
+from sparsify.quantization import QuantizationConfig, fold_qat_batchnorm_, prepare_qat_
 
 from tiny_models import TinyResNet, TinyTransformer, randomize_bn_  # noqa: E402
 
@@ -119,6 +119,7 @@ def resnet18(tmp_path_factory):
     n_convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     prepare_qat_(model)
     calibrate(model, lambda: torch.randn(8, 3, 64, 64))
+    fold_qat_batchnorm_(model)  # as QuantizationModifier does at finalize
     int8 = export_image_model(model, tmp / "int8.onnx", 64)
     return SimpleNamespace(
         model=model, fp32_model=fp32_model, fp32=fp32, int8=int8, n_convs=n_convs,
@@ -133,6 +134,7 @@ def tiny_cnn(tmp_path_factory):
     model = randomize_bn_(TinyResNet())
     prepare_qat_(model)
     calibrate(model, lambda: torch.randn(16, 3, 32, 32))
+    fold_qat_batchnorm_(model)  # as QuantizationModifier does at finalize
     int8 = export_image_model(model, tmp / "int8.onnx", 32)
     return SimpleNamespace(model=model, int8=int8, counts=optimized_graph_op_counts(int8))
 

@@ -17,7 +17,10 @@ from sparsify.quantization import (
     QuantizationConfig,
     disable_observers_,
     enable_observers_,
+    fold_qat_batchnorm_,
+    freeze_bn_stats_,
     fuse_conv_bn_,
+    has_unfolded_qat_batchnorm,
     is_qat_prepared,
     prepare_qat_,
     quantized_module_names,
@@ -137,12 +140,36 @@ def test_prepare_keeps_parameter_names_and_objects_resnet18():
     assert names["fc"] == "Linear"
 
 
-def test_prepare_folds_batchnorm_and_refuses_a_second_call():
-    model = TinyResNet()
+def test_prepare_keeps_batchnorm_training_then_folds_it_and_refuses_a_second_call():
+    model = randomize_bn_(TinyResNet())
     assert not is_qat_prepared(model)
     prepare_qat_(model)
     assert is_qat_prepared(model)
-    assert isinstance(model.bn1, nn.Identity)
+    # BatchNorm keeps training during QAT, beside its conv; it holds the output quantization.
+    assert type(model.bn1).__name__ == "QATBatchNorm2d" and model.conv1.output_quant is None
+    assert has_unfolded_qat_batchnorm(model)
+    calibrate(model, (8, 3, 16, 16))
+    before = model.bn1.running_mean.clone()
+    model.train()
+    model(torch.randn(8, 3, 16, 16))
+    assert not torch.equal(before, model.bn1.running_mean)  # statistics still update
+    assert freeze_bn_stats_(model) == 2
+    frozen = model.bn1.running_mean.clone()
+    model(torch.randn(8, 3, 16, 16))
+    assert torch.equal(frozen, model.bn1.running_mean)  # frozen from freeze_bn_stats_epoch
+    model.eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+    assert fold_qat_batchnorm_(model) == 2
+    assert isinstance(model.bn1, nn.Identity) and model.conv1.output_quant is not None
+    assert not has_unfolded_qat_batchnorm(model)
+    with torch.no_grad():
+        got = model(x)
+    # the folded INT8 conv computes what the conv + BatchNorm pair computed (up to a rounding
+    # tie of one output quantization step)
+    step = float(model.fc.input_quant.scale) if hasattr(model.fc, "input_quant") else 1e-3
+    assert (got - expected).abs().max() <= 0.05 * (expected.max() - expected.min()) + step
     with pytest.raises(ValueError, match="already has fake quantization"):
         prepare_qat_(model)
 
@@ -251,7 +278,8 @@ def test_qat_training_step_updates_weights_through_fake_quant():
         loss.backward()
         opt.step()
     assert torch.isfinite(loss)
-    assert model.conv1.weight.grad is not None and model.conv1.bias.grad is not None
+    # the conv trains through its fake quantization, its BatchNorm trains beside it
+    assert model.conv1.weight.grad is not None and model.bn1.bias.grad is not None
     assert not torch.equal(model.conv1.weight, before)
 
 
@@ -273,8 +301,12 @@ def test_relu_after_conv_is_applied_once_and_inplace_relu_is_safe():
     first_in, first_out = seen["first"]
     assert first_out is first_in  # passed through: no second ReLU after the Q/DQ
     assert bool((first_out >= 0).all())
+    # during QAT the BatchNorm after each conv holds the output quantization
+    assert model.bn1.output_quant.fused_activation == "relu"
+    assert model.bn2.output_quant.fused_activation is None  # bn2 feeds the residual add
+    fold_qat_batchnorm_(model)
     assert model.conv1.output_quant.fused_activation == "relu"
-    assert model.conv2.output_quant.fused_activation is None  # conv2 feeds the residual add
+    assert model.conv2.output_quant.fused_activation is None
 
 
 def test_prepared_model_survives_pickle_deepcopy_and_state_dict_reload():

@@ -17,10 +17,16 @@ from sparsify.rundir import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-#: ONNX Runtime's INT8 (u8 x s8 on AVX2 without VNNI) differs slightly from PyTorch's fake-quant;
-#: measured agreement is far inside these bounds (see tests/unit/test_export.py).
-INT8_LOGIT_TOLERANCE = 0.05  # max |onnx - torch| / (logit range)
-FP32_LOGIT_TOLERANCE = 1e-4
+#: Agreement of the ONNX model with PyTorch on the validation images, as fractions of the logit
+#: range. INT8: ONNX Runtime and PyTorch's fake quantization round float32 sums differently, so a
+#: value at a rounding tie lands one quantization step away and the step travels through later
+#: layers: the *max* difference is dominated by such ties (measured 0.02-0.05 on barely trained
+#: ResNet-18s, 0.004 after 10 epochs on the digits benchmark), the *mean* shows any systematic
+#: drift (the AVX2 saturation of INT8_EXPORT.md pitfall 2 was 2-5%).
+INT8_MAX_TOLERANCE = 0.10
+INT8_MEAN_TOLERANCE = 0.01
+FP32_MAX_TOLERANCE = 1e-4
+FP32_MEAN_TOLERANCE = 1e-5
 MIN_TOP1_AGREEMENT = 0.99
 
 
@@ -53,14 +59,16 @@ def export_classifier(model: nn.Module, baseline: nn.Module, val_images: torch.T
                 output_names=["logits"], dynamic_axes=axes)
 
     comparison = compare_with_torch(model, model_path, {"input": val_images.numpy()})
-    tolerance = INT8_LOGIT_TOLERANCE if quantized else FP32_LOGIT_TOLERANCE
-    if comparison["top1_agreement"] < MIN_TOP1_AGREEMENT or \
-            comparison["max_rel_diff"] > tolerance:
+    max_tol, mean_tol = ((INT8_MAX_TOLERANCE, INT8_MEAN_TOLERANCE) if quantized
+                         else (FP32_MAX_TOLERANCE, FP32_MEAN_TOLERANCE))
+    if (comparison["top1_agreement"] < MIN_TOP1_AGREEMENT
+            or comparison["max_rel_diff"] > max_tol or comparison["mean_rel_diff"] > mean_tol):
         raise ExportError(
             f"The ONNX model disagrees with PyTorch on the validation images: top-1 agreement "
-            f"{comparison['top1_agreement']:.3f} (need >= {MIN_TOP1_AGREEMENT}), max logit "
-            f"difference {comparison['max_rel_diff']:.4f} of the logit range "
-            f"(need <= {tolerance}).")
+            f"{comparison['top1_agreement']:.3f} (need >= {MIN_TOP1_AGREEMENT}), logit "
+            f"difference max {comparison['max_rel_diff']:.4f} / mean "
+            f"{comparison['mean_rel_diff']:.5f} of the logit range (need <= {max_tol} / "
+            f"{mean_tol}).")
     counts = optimized_graph_op_counts(model_path)
     kernels = integer_kernel_count(counts)
     n_q, n_dq = count_qdq(model_path)

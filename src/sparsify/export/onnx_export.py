@@ -246,6 +246,15 @@ def export_onnx(
         args = tuple(sample_inputs) if isinstance(sample_inputs, (tuple, list)) else (sample_inputs,)
         kwargs = None
 
+    from sparsify.quantization import fold_qat_batchnorm_, has_unfolded_qat_batchnorm
+
+    if has_unfolded_qat_batchnorm(model):
+        # QAT convs still train beside their BatchNorm: export the folded form (a copy, so the
+        # caller's model keeps training as it was). Same function, integer-kernel graph.
+        import copy
+
+        model = copy.deepcopy(model)
+        fold_qat_batchnorm_(model)
     was_training = model.training
     model.eval()
     stage = "tracing and converting the model"
@@ -403,7 +412,7 @@ def compare_with_torch(
     Returns:
         ``max_abs_diff`` over all outputs; ``max_rel_diff``: the largest per-output
         ``max|torch - onnx| / (max - min of the torch output)``; ``mean_abs_diff`` over all
-        output elements; ``top1_agreement``: fraction
+        output elements and ``mean_rel_diff`` (it divided by the widest output range); ``top1_agreement``: fraction
         of rows whose arg-max over the last axis agrees, for the first output with a last axis
         longer than 1 (``None`` if there is none); ``num_outputs``.
 
@@ -427,7 +436,7 @@ def compare_with_torch(
         raise ExportError(
             f"{onnx_path} has {len(actual)} outputs, the PyTorch model {len(expected)}."
         )
-    max_abs, max_rel, top1 = 0.0, 0.0, None
+    max_abs, max_rel, top1, widest = 0.0, 0.0, None, 0.0
     abs_sum, count = 0.0, 0
     for ref, got in zip(expected, actual):
         if ref.shape != got.shape:
@@ -440,6 +449,7 @@ def compare_with_torch(
         ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
         diff = float(np.max(np.abs(ref64 - got64)))
         span = float(ref64.max() - ref64.min())
+        widest = max(widest, span)
         max_abs = max(max_abs, diff)
         abs_sum += float(np.abs(ref64 - got64).sum())
         count += ref.size
@@ -450,6 +460,7 @@ def compare_with_torch(
         "max_abs_diff": max_abs,
         "max_rel_diff": max_rel,
         "mean_abs_diff": abs_sum / count if count else 0.0,
+        "mean_rel_diff": (abs_sum / count / widest) if count and widest > 0 else 0.0,
         "top1_agreement": top1,
         "num_outputs": len(expected),
     }

@@ -148,33 +148,38 @@ class QuantizationModifier(Modifier):
     def on_start(self, state: ModifierState, event: Event) -> None:
         from sparsify.quantization import prepare_qat_
 
-        before = {id(p) for group in (state.optimizer.param_groups if state.optimizer else [])
-                  for p in group["params"]}
         prepare_qat_(state.model, self.quantization_config())
         state.structure_version += 1
         state.extras["qat_active"] = True
-        if state.optimizer is not None:
-            # Folding BN into convs can create bias parameters the optimizer has never seen.
-            new = [p for p in state.model.parameters() if p.requires_grad and id(p) not in before]
-            if new:
-                group = {k: v for k, v in state.optimizer.param_groups[0].items() if k != "params"}
-                state.optimizer.add_param_group({**group, "params": new})
         logger.info("Quantization-aware training starts at epoch %.2f", event.epoch)
         if self.num_calibration_steps:
             logger.warning("num_calibration_steps=%s: observers calibrate on the QAT training "
                            "steps themselves; no separate calibration pass is run",
                            self.num_calibration_steps)
         self._observers_frozen = False
+        self._bn_frozen = False
 
     def on_event(self, state: ModifierState, event: Event) -> None:
+        from sparsify.quantization import disable_observers_, freeze_bn_stats_
+
         epoch = event.epoch
         freeze_at = self.disable_quantization_observer_epoch
         if not self._observers_frozen and freeze_at not in (None, -1) and epoch >= freeze_at:
-            from sparsify.quantization import disable_observers_
-
             disable_observers_(state.model)
             self._observers_frozen = True
             logger.info("Quantization observers frozen at epoch %.2f", epoch)
+        bn_at = self.freeze_bn_stats_epoch
+        if not self._bn_frozen and bn_at not in (None, -1) and epoch >= bn_at:
+            n = freeze_bn_stats_(state.model)
+            self._bn_frozen = True
+            logger.info("BatchNorm statistics of %d layers frozen at epoch %.2f", n, epoch)
+
+    def on_finalize(self, state: ModifierState) -> None:
+        if self.started:
+            from sparsify.quantization import fold_qat_batchnorm_
+
+            if fold_qat_batchnorm_(state.model):
+                state.structure_version += 1
 
 
 _DEFAULTS = {k: QuantizationModifier.__dataclass_fields__[k].default for k in LEGACY_KEYS}
