@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from sparsify.errors import MissingExtraError, SparsifyError, UsageError
+from sparsify.errors import MissingExtraError, SparsifyError
 from sparsify.plan import SPARSE_MODEL_THRESHOLD, Plan, choose_recipe, plan_to_yaml
 from sparsify.rundir import create_run_dir, write_text_atomic
 from sparsify.trainers import TRAINERS
@@ -30,14 +30,14 @@ def load_task_builder(plan: Plan) -> Any:
 
     Raises:
         MissingExtraError: a package of the domain's extra is missing.
-        UsageError: the use case has no trainer in this version.
+        SparsifyError: the use case has no trainer in this version (exit code 1).
     """
     uc = plan.use_case
     for module in ("torch", "onnx", "onnxruntime", "accelerate"):
         _require(module, uc.extra, f"Training for {uc.id}")
     target = TRAINERS.get(uc.family)
     if target is None:
-        raise UsageError(
+        raise SparsifyError(
             f"Training for {uc.id} is not available in this version; only "
             f"{', '.join(TRAINERS)} runs end to end so far.",
             hint="--dry-run shows the plan and recipe for every use case.")

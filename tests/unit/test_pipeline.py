@@ -1,0 +1,25 @@
+"""The pipeline's checks before any work: missing extras, use cases without a trainer."""
+
+import sys
+
+from click.testing import CliRunner
+
+from sparsify.cli.main import cli
+
+
+def test_missing_extra_names_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision -> ImportError
+    result = CliRunner().invoke(cli, ["sparse-transfer", "--use-case", "ic", "--data", "x",
+                                      "--working-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "needs the 'torchvision' package" in result.output
+    assert "pip install 'sparsify-transfer[vision]'" in result.output
+    assert "Traceback" not in result.output and not list(tmp_path.iterdir())
+
+
+def test_use_case_without_trainer_says_so_and_creates_nothing(tmp_path):
+    result = CliRunner().invoke(cli, ["sparse-transfer", "--use-case", "qa", "--data", "x",
+                                      "--working-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "Training for question_answering is not available in this version" in result.output
+    assert "--dry-run" in result.output and not list(tmp_path.iterdir())
