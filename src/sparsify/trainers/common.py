@@ -81,6 +81,3 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     torch.save(payload, tmp)
     os.replace(tmp, path)
 
-
-def num_threads_note() -> str:
-    return f"{torch.get_num_threads()} threads"

@@ -98,7 +98,8 @@ def _load_checkpoint(path: Path, arch_key: str | None) -> tuple[nn.Module, str]:
         raise ModelNotFoundError(
             f"Cannot read checkpoint {path}: {exc}",
             hint="Checkpoints are loaded with torch.load(weights_only=True): save a state dict "
-                 "(torch.save({'state_dict': model.state_dict(), 'arch_key': 'resnet18'}, f)).")
+                 "(torch.save({'state_dict': model.state_dict(), 'arch_key': 'resnet18'}, f)).",
+        ) from None
     if isinstance(data, dict) and "state_dict" in data:
         state = data["state_dict"]
         arch_key = data.get("arch_key") or arch_key
