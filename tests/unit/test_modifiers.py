@@ -304,7 +304,8 @@ m_modifiers:
     out = model(x)
     loss = lc.loss_calculated(torch.tensor(5.0), x, out)
     from sparsify.modifiers.kd import kd_loss
-    assert float(loss.detach()) == pytest.approx(float(kd_loss(out, teacher(x), 3.0)), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(kd_loss(out, teacher(x), 3.0).detach()),
+                                                 rel=1e-6)
     assert loss.requires_grad
 
 
