@@ -343,7 +343,8 @@ def _check_image(path: Path) -> str | None:
     try:
         with Image.open(path) as image:
             image.verify()
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for bad files
+    # PIL raises OSError, SyntaxError, ValueError, struct.error... for bad files: any is "bad".
+    except Exception as exc:  # noqa: BLE001
         return f"{type(exc).__name__}: {exc}"
     return None
 
@@ -572,7 +573,7 @@ def read_split(path: Path | str, root: Path | str | None = None) -> DataSplit:
     if not isinstance(record, dict) or record.get("format") != SPLIT_FORMAT:
         raise DataError(
             f"'{path}' is not a data split record (expected a JSON object with "
-            f"\"format\": \"{SPLIT_FORMAT}\").",
+            f'"format": "{SPLIT_FORMAT}").',
             hint="Pass the data_split.json file written by a run.",
         )
     missing = [k for k in required if k not in record]
@@ -998,23 +999,25 @@ def download_file(
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
         tmp = Path(tmp_name)
         request = urllib.request.Request(url, headers={"User-Agent": "sparsify-transfer"})
-        with os.fdopen(fd, "wb") as out:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                expected = _content_length(response)
-                received = 0
-                with tqdm(
-                    total=expected,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=dest.name,
-                    leave=False,
-                    disable=None,
-                ) as bar:
-                    while chunk := response.read(_DOWNLOAD_CHUNK):
-                        out.write(chunk)
-                        received += len(chunk)
-                        bar.update(len(chunk))
+        with (
+            os.fdopen(fd, "wb") as out,
+            urllib.request.urlopen(request, timeout=timeout) as response,
+        ):
+            expected = _content_length(response)
+            received = 0
+            with tqdm(
+                total=expected,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=dest.name,
+                leave=False,
+                disable=None,  # shown on a terminal only
+            ) as bar:
+                while chunk := response.read(_DOWNLOAD_CHUNK):
+                    out.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
         if expected is not None and received != expected:
             raise DataError(
                 f"Downloading {what} into {folder} failed: the download from {url} was "

@@ -82,15 +82,12 @@ def make_synthetic_image_folder(
     return root
 
 
-def _check_args(
-    classes: list[str], per_class: int, size: int, val_per_class: int | None
-) -> None:
+def _check_args(classes: list[str], per_class: int, size: int, val_per_class: int | None) -> None:
     if not classes:
         raise ValueError("classes must name at least one class; got none.")
     if len(classes) > len(SHAPES):
         raise ValueError(
-            f"At most {len(SHAPES)} classes can be drawn ({', '.join(SHAPES)}); "
-            f"got {len(classes)}."
+            f"At most {len(SHAPES)} classes can be drawn ({', '.join(SHAPES)}); got {len(classes)}."
         )
     if len(set(classes)) != len(classes):
         raise ValueError(f"Class names must be unique; got {classes}.")
