@@ -69,8 +69,8 @@ def resolve_recipe(plan: Plan, model_sparsity: float) -> Any:
 
 
 def resolve_teacher(plan: Plan, task: Any) -> Any:
-    """``disable`` -> None; ``self`` -> a frozen copy of the starting model; a path / stub ->
-    loaded like ``--model``."""
+    """``disable`` -> None; ``self`` -> a frozen copy of the starting model; a path, stub or
+    name -> loaded by the domain's task the way it loads ``--model``."""
     import copy
 
     from sparsify.plan import locate_model
@@ -79,10 +79,7 @@ def resolve_teacher(plan: Plan, task: Any) -> Any:
         return None
     if plan.teacher == "self":
         return copy.deepcopy(task.baseline)
-    from sparsify.trainers.vision_models import load_image_model
-
-    choice = locate_model(plan.use_case, plan.band, plan.teacher)
-    return load_image_model(choice, len(task.class_names)).model
+    return task.load_teacher(locate_model(plan.use_case, plan.band, plan.teacher))
 
 
 def sparse_transfer(plan: Plan, data: str, working_dir: Path) -> Path:

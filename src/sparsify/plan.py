@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparsify.errors import OptimLevelError, TrainKwargsError, did_you_mean
+from sparsify.errors import OptimLevelError, TrainKwargsError, UsageError, did_you_mean
 from sparsify.usecases import UseCase
 from sparsify.zoo.catalog import CatalogEntry, catalog_entry
 from sparsify.zoo.local import find_in_local_zoo
@@ -327,8 +327,6 @@ DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 
 def parse_device(text: str) -> str:
     """Check ``--device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
-    from sparsify.errors import UsageError
-
     value = text.strip().lower()
     if value in ("auto", "cpu", "cuda", "mps") or (
         value.startswith("cuda:") and value[5:].isdigit()
@@ -339,8 +337,6 @@ def parse_device(text: str) -> str:
 
 def parse_eval_metric(text: str | None, use_case: UseCase) -> str:
     """The metric that ranks checkpoints; defaults to the use case's first metric."""
-    from sparsify.errors import UsageError
-
     if not text:
         return use_case.metrics[0]
     value = text.strip().lower().replace("-", "_")

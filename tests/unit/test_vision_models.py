@@ -58,3 +58,37 @@ def test_replace_head_finds_the_last_linear():
     model = torchvision.models.mobilenet_v2(num_classes=4)
     assert replace_head_(model, 7) and model.classifier[-1].out_features == 7
     assert not replace_head_(model, 7)
+
+
+@pytest.mark.parametrize("spec", ["./missing.pth", "missing.pt", "/no/such/dir", "a/b/c"])
+def test_missing_local_path_is_reported_as_missing(spec):
+    from sparsify.zoo.resolve import resolve_model_path
+
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        resolve_model_path(spec)
+
+
+@pytest.mark.parametrize("spec", ["resnet50", "neuralmagic/oBERT-12-upstream-pretrained-dense"])
+def test_model_names_and_hub_ids_are_left_to_the_framework(spec):
+    from sparsify.zoo.resolve import resolve_model_path
+
+    assert resolve_model_path(spec) is None
+
+
+def test_teacher_path_is_loaded_by_the_task(tmp_path):
+    from types import SimpleNamespace
+
+    from sparsify.pipeline import resolve_teacher
+    from sparsify.plan import build_plan
+    from sparsify.trainers.image_classification import ImageClassificationTask
+    from sparsify.usecases import resolve_use_case
+
+    torch.save({"state_dict": torchvision.models.resnet18(num_classes=3).state_dict(),
+                "arch_key": "resnet18"}, tmp_path / "t.pth")
+    plan = build_plan(resolve_use_case("ic"), 0.5, teacher=str(tmp_path / "t.pth"))
+    task = SimpleNamespace(class_names=["a", "b"], baseline=None)
+    task.load_teacher = lambda choice: ImageClassificationTask.load_teacher(task, choice)
+    teacher = resolve_teacher(plan, task)
+    assert teacher.fc.out_features == 2  # head fitted to this run's classes
+    plan.teacher = "disable"
+    assert resolve_teacher(plan, task) is None

@@ -76,6 +76,12 @@ class ImageClassificationTask:
                     len(self.train_ds), len(self.val_ds), len(self.class_names),
                     loaded.arch_key, loaded.source, 100 * self.start_sparsity)
 
+    def load_teacher(self, choice: Any) -> nn.Module:
+        """A distillation teacher, loaded like ``--model`` with this run's class count."""
+        from sparsify.trainers.vision_models import load_image_model
+
+        return load_image_model(choice, len(self.class_names)).model
+
     # --- training ----------------------------------------------------------------------------
     def train(self, recipe: Any, teacher: nn.Module | None = None) -> TrainResult:
         from accelerate import Accelerator

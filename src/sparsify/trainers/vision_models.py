@@ -165,17 +165,14 @@ def load_image_model(choice: ModelChoice, num_classes: int, arch_key: str | None
         name, weights = source.name, source.weights
     else:
         name, weights = choice.spec, "DEFAULT"
-    if name.startswith("timm:"):
+    try:
         model = build_arch(name, None, weights)
-    else:
-        try:
-            model = build_arch(name, None, weights)
-        except (OSError, RuntimeError) as exc:  # URLError is an OSError
-            raise ModelNotFoundError(
-                f"Could not get torchvision's pretrained weights for '{name}' ({weights}): {exc}",
-                hint="Sources tried: local path, local zoo, torchvision download. Offline, "
-                     "pass a checkpoint file (--model ./model.pth) or register one with its "
-                     "stub in the local zoo (SPARSIFY_ZOO_PATH/<stub>/training/model.pth).",
-            ) from None
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError
+        raise ModelNotFoundError(
+            f"Could not get the pretrained weights of '{name}' ({weights}): {exc}",
+            hint="Sources tried: local path, local zoo, the framework's download. Offline, "
+                 "pass a checkpoint file (--model ./model.pth) or register one with its "
+                 "stub in the local zoo (SPARSIFY_ZOO_PATH/<stub>/training/model.pth).",
+        ) from None
     replaced = replace_head_(model, num_classes)
     return LoadedModel(model, name, f"torchvision:{name} ({weights})", True, replaced)

@@ -12,6 +12,16 @@ from sparsify.zoo.stub import is_stub, parse_stub
 logger = logging.getLogger(__name__)
 
 
+_FILE_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".safetensors", ".onnx", ".ckpt", ".yaml")
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether ``spec`` is meant as a local path rather than a model name or a Hub id
+    (``org/name`` has exactly one ``/`` and no leading ``.``, ``/`` or ``~``)."""
+    return (spec.startswith((".", "/", "~", "\\")) or spec.count("/") > 1
+            or spec.lower().endswith(_FILE_SUFFIXES))
+
+
 def resolve_model_path(spec: str) -> Path | None:
     """A local file/folder for ``spec``; ``None`` when ``spec`` is a model name (not a path or
     stub) that a framework resolves itself.
@@ -23,8 +33,11 @@ def resolve_model_path(spec: str) -> Path | None:
     if path.exists():
         return path
     if not is_stub(spec):
-        if "/" in spec and not spec.count("/") == 1:
-            raise ModelNotFoundError(f"Model path '{spec}' does not exist.")
+        if looks_like_path(spec):
+            raise ModelNotFoundError(
+                f"Model path '{spec}' does not exist.",
+                hint="Give an existing checkpoint file or model folder, a zoo: stub, or a "
+                     "model name (resnet50, org/model on the Hugging Face Hub).")
         return None
     stub = parse_stub(spec)
     tried = []
