@@ -18,6 +18,14 @@ from sparsify.trainers import TRAINERS
 logger = logging.getLogger(__name__)
 
 
+#: use-case family -> modules its trainer imports (checked before anything starts).
+FAMILY_MODULES: dict[str, tuple[str, ...]] = {
+    "image_classification": ("torchvision", "PIL"),
+    "nlp": ("transformers", "datasets"),
+    "detection": ("torchvision", "ultralytics"),
+}
+
+
 def _require(module: str, extra: str, purpose: str) -> None:
     try:
         importlib.import_module(module)
@@ -41,8 +49,8 @@ def load_task_builder(plan: Plan) -> Any:
             f"Training for {uc.id} is not available in this version; only "
             f"{', '.join(TRAINERS)} runs end to end so far.",
             hint="--dry-run shows the plan and recipe for every use case.")
-    if uc.family == "image_classification":
-        _require("torchvision", "vision", "Image classification")
+    for module in FAMILY_MODULES.get(uc.family, ()):
+        _require(module, uc.extra, f"Training for {uc.id}")
     module, _, func = target.partition(":")
     return getattr(importlib.import_module(module), func)
 
@@ -119,12 +127,7 @@ def _stages(plan: Plan, data: str, run_dir: Path, build_task: Any) -> Path:
     from sparsify.export.deployment import gzip_size
 
     onnx_path, baseline_path = Path(export["onnx"]), Path(export["baseline_onnx"])
-    sample = task.sample_batch(1)
-
-    def make_inputs(batch: int) -> dict[str, Any]:
-        return {"input": sample.repeat(batch, 1, 1, 1).numpy()}
-
-    latency = measure_latencies(onnx_path, baseline_path, make_inputs)     # report
+    latency = measure_latencies(onnx_path, baseline_path, task.latency_inputs)  # report
     sizes = {"onnx_bytes": onnx_path.stat().st_size, "onnx_gzip_bytes": gzip_size(onnx_path),
              "baseline_bytes": baseline_path.stat().st_size,
              "baseline_gzip_bytes": gzip_size(baseline_path)}

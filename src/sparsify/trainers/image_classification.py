@@ -234,6 +234,10 @@ class ImageClassificationTask:
         images = [self.val_ds[i][0] for i in range(min(n, len(self.val_ds)))]
         return torch.stack(images)
 
+    def latency_inputs(self, batch: int) -> dict[str, Any]:
+        """ONNX Runtime inputs of ``batch`` images for the latency measurement."""
+        return {"input": self.sample_batch(1).repeat(batch, 1, 1, 1).numpy()}
+
     def export(self, deploy_dir: Path, baseline_path: Path) -> dict[str, Any]:
         """Export the trained model (INT8 when QAT ran) and the dense FP32 baseline; check the
         export against PyTorch on the whole validation set."""
