@@ -21,8 +21,11 @@ logger = logging.getLogger(__name__)
 #: use-case family -> modules its trainer imports (checked before anything starts).
 FAMILY_MODULES: dict[str, tuple[str, ...]] = {
     "image_classification": ("torchvision", "PIL"),
-    "nlp": ("transformers", "datasets"),
+    "text_classification": ("transformers", "datasets"),
+    "token_classification": ("transformers", "datasets"),
+    "question_answering": ("transformers", "datasets"),
     "detection": ("torchvision", "ultralytics"),
+    "segmentation": ("torchvision", "ultralytics"),
 }
 
 
