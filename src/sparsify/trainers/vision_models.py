@@ -38,6 +38,89 @@ def _torchvision():
     return torchvision
 
 
+# --- EfficientNet-Lite ------------------------------------------------------------------------
+# Google's EfficientNet-Lite (EfficientNet without squeeze-excitation, ReLU6, stem and head not
+# scaled), built from plain Conv2d/BatchNorm2d/ReLU6 modules so that BatchNorm folding, QAT and
+# the INT8 export treat it like any torchvision CNN. Padding is PyTorch's symmetric k // 2.
+
+# (expand ratio, kernel, stride, output channels, repeats) of the B0 base network.
+_LITE_BASE = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+              (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+# name: (width multiplier, depth multiplier, dropout)
+EFFICIENTNET_LITE = {
+    "efficientnet_lite0": (1.0, 1.0, 0.2), "efficientnet_lite1": (1.0, 1.1, 0.2),
+    "efficientnet_lite2": (1.1, 1.2, 0.3), "efficientnet_lite3": (1.2, 1.4, 0.3),
+    "efficientnet_lite4": (1.4, 1.8, 0.3),
+}
+
+
+def _round_channels(channels: float, divisor: int = 8) -> int:
+    rounded = max(divisor, int(channels + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * channels else rounded
+
+
+def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
+             act: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)]
+    if act:
+        layers.append(nn.ReLU6(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class LiteBlock(nn.Module):
+    """Inverted residual: optional 1x1 expansion, depthwise conv, linear 1x1 projection."""
+
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand = _conv_bn(cin, mid, 1) if expand != 1 else nn.Identity()
+        self.depthwise = _conv_bn(mid, mid, kernel, stride, groups=mid)
+        self.project = _conv_bn(mid, cout, 1, act=False)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.depthwise(self.expand(x)))
+        return out + x if self.residual else out
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite0..4 (``arch_key`` efficientnet_lite0 ... efficientnet_lite4)."""
+
+    def __init__(self, width: float = 1.0, depth: float = 1.0, dropout: float = 0.2,
+                 num_classes: int = 1000) -> None:
+        super().__init__()
+        import math
+
+        self.stem = _conv_bn(3, 32, 3, 2)
+        blocks: list[nn.Module] = []
+        cin = 32
+        for i, (expand, kernel, stride, cout, repeats) in enumerate(_LITE_BASE):
+            cout = _round_channels(cout * width)
+            if 0 < i < len(_LITE_BASE) - 1:  # Lite keeps the first and last stage's depth
+                repeats = int(math.ceil(repeats * depth))
+            for r in range(repeats):
+                blocks.append(LiteBlock(cin, cout, expand, kernel, stride if r == 0 else 1))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.head = _conv_bn(cin, 1280, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(1280, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.Linear):
+                bound = 1.0 / math.sqrt(m.in_features)
+                nn.init.uniform_(m.weight, -bound, bound)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.head(self.blocks(self.stem(x))))
+        return self.classifier(self.dropout(torch.flatten(x, 1)))
+
+
 def build_arch(arch_key: str, num_classes: int | None = None, weights: str | None = None
                ) -> nn.Module:
     """A torchvision model by builder name (``resnet18``), or ``timm:<name>``.
@@ -53,14 +136,21 @@ def build_arch(arch_key: str, num_classes: int | None = None, weights: str | Non
             raise MissingExtraError("timm", "vision", f"Model '{arch_key}'") from None
         kwargs = {"num_classes": num_classes} if num_classes else {}
         return timm.create_model(arch_key[5:], pretrained=weights is not None, **kwargs)
+    if arch_key in EFFICIENTNET_LITE:
+        if weights is not None:
+            raise UsageError(f"'{arch_key}' has no downloadable weights: pass a checkpoint file "
+                             "(--model ./model.pth) holding its state dict.")
+        width, depth, dropout = EFFICIENTNET_LITE[arch_key]
+        return EfficientNetLite(width, depth, dropout, num_classes or 1000)
     tv = _torchvision()
     names = tv.models.list_models(module=tv.models)
     if arch_key not in names:
         from sparsify.errors import did_you_mean
 
         raise UsageError(f"Unknown image-classification architecture '{arch_key}'."
-                         f"{did_you_mean(arch_key, names)} Valid: torchvision classification "
-                         "models (resnet18, resnet50, mobilenet_v2, ...) or timm:<name>.")
+                         f"{did_you_mean(arch_key, names + list(EFFICIENTNET_LITE))} Valid: "
+                         "torchvision classification models (resnet18, resnet50, mobilenet_v2, "
+                         "...), efficientnet_lite0..4 or timm:<name>.")
     kwargs: dict[str, Any] = {}
     if weights is None and num_classes:
         kwargs["num_classes"] = num_classes
@@ -91,6 +181,34 @@ def replace_head_(model: nn.Module, num_classes: int) -> bool:
     return True
 
 
+# --- other projects' key layouts ----------------------------------------------------------------
+_LUKEMELAS_BLOCK = {"_expand_conv": "expand.0", "_bn0": "expand.1", "_depthwise_conv": "depthwise.0",
+                    "_bn1": "depthwise.1", "_project_conv": "project.0", "_bn2": "project.1"}
+_LUKEMELAS_TOP = {"_conv_stem": "stem.0", "_bn0": "stem.1", "_conv_head": "head.0",
+                  "_bn1": "head.1", "_fc": "classifier"}
+
+
+def _from_efficientnet_pytorch(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``efficientnet_pytorch`` names (``_conv_stem``, ``_blocks.N._expand_conv``, ``_fc``) to
+    :class:`EfficientNetLite`'s; names it does not know are kept (and then reported)."""
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks" and len(parts) > 3 and parts[2] in _LUKEMELAS_BLOCK:
+            key = ".".join(["blocks", parts[1], _LUKEMELAS_BLOCK[parts[2]], *parts[3:]])
+        elif parts[0] in _LUKEMELAS_TOP:
+            key = ".".join([_LUKEMELAS_TOP[parts[0]], *parts[1:]])
+        out[key] = value
+    return out
+
+
+def _to_arch_layout(state: dict[str, torch.Tensor], arch_key: str) -> dict[str, torch.Tensor]:
+    """Rename a checkpoint written by another project into the names ``arch_key`` builds."""
+    if arch_key in EFFICIENTNET_LITE and "_conv_stem.weight" in state:
+        return _from_efficientnet_pytorch(state)
+    return state
+
+
 def _load_checkpoint(path: Path, arch_key: str | None) -> tuple[nn.Module, str]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
@@ -113,13 +231,15 @@ def _load_checkpoint(path: Path, arch_key: str | None) -> tuple[nn.Module, str]:
             f"{path} does not say which architecture it is (no 'arch_key' in the file).",
             hint='Give it: --train-kwargs \'{"arch_key": "resnet18"}\'')
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = _to_arch_layout(state, arch_key)
     head_keys = [k for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
     num_classes = state[head_keys[-1]].shape[0] if head_keys else None
     model = build_arch(arch_key, num_classes)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
+        owner = "" if arch_key in EFFICIENTNET_LITE else "torchvision's "
         raise ModelNotFoundError(
-            f"{path} does not match torchvision's '{arch_key}': missing {len(missing)} keys "
+            f"{path} does not match {owner}'{arch_key}': missing {len(missing)} keys "
             f"(e.g. {missing[:3]}), unexpected {len(unexpected)} (e.g. {unexpected[:3]}).",
             hint="SparseML's own ResNet/MobileNet key layout is not read yet; use a checkpoint "
                  "with torchvision parameter names, or the right arch_key.")

