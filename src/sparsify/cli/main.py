@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import sys
-import traceback
 from pathlib import Path
 
 import click
 
 from sparsify import __version__
+from sparsify.cli.common import fail as _fail
+from sparsify.cli.common import fail_unexpected
 from sparsify.errors import SparsifyError
 from sparsify.plan import DEVICES_HELP
 
@@ -23,15 +24,6 @@ _USE_CASE_HELP = (
     "named_entity_recognition (ner), question_answering (qa). Sparsify's names "
     "(cv-classification, nlp-question_answering, ...) and any case with '-', '_' or spaces work."
 )
-
-
-def _fail(error: SparsifyError, debug: bool) -> None:
-    if debug:
-        traceback.print_exc()
-    click.secho(f"Error: {error.message}", fg="red", err=True)
-    if error.hint:
-        click.echo(f"Hint: {error.hint}", err=True)
-    sys.exit(error.exit_code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -138,12 +130,7 @@ def sparse_transfer_command(use_case: str, data: str, model: str | None, optim_l
         click.echo("Interrupted.", err=True)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen failure: say so cleanly
-        if debug:
-            traceback.print_exc()
-        click.secho(f"Error: unexpected failure: {type(exc).__name__}: {exc}", fg="red", err=True)
-        click.echo("Hint: run again with --debug for the traceback, and report it if it looks "
-                   "like a bug.", err=True)
-        sys.exit(1)
+        fail_unexpected(exc, debug)
 
 
 if __name__ == "__main__":  # pragma: no cover
