@@ -15,8 +15,7 @@ from typing import Any
 
 from sparsify.errors import OptimLevelError, TrainKwargsError, UsageError, did_you_mean
 from sparsify.usecases import UseCase
-from sparsify.zoo.catalog import CatalogEntry, catalog_entry
-from sparsify.zoo.local import find_in_local_zoo
+from sparsify.zoo.catalog import CatalogEntry, catalog_entry, find_entries_by_stub
 from sparsify.zoo.stub import is_stub, parse_stub
 
 #: A model counts as already sparse above this fraction of exact zeros in its prunable weights.
@@ -201,42 +200,66 @@ class Plan:
         }
 
 
+def _local_choice(spec: str, origin: str, entry: CatalogEntry | None,
+                  sparsity: float | None) -> ModelChoice | None:
+    """A choice for ``spec`` when it is on this machine now (local zoo, SparseZoo cache, or a
+    remote source's cache), else ``None``. No network."""
+    from sparsify.zoo.resolve import LOADABLE_ORIGINS, locate_local
+
+    found = locate_local(spec)
+    if found is None:
+        return None
+    entry = entry or found.entry
+    if sparsity is None and entry is not None:
+        sparsity = entry.sparsity
+    loadable = found.origin in LOADABLE_ORIGINS
+    return ModelChoice(spec, origin, found.describe(), str(found.path) if loadable else None,
+                       sparsity, entry)
+
+
 def locate_model(use_case: UseCase, band: Band, model: str | None) -> ModelChoice:
     """Choose the starting model: the user's ``--model`` or the catalog entry for the band.
 
-    Looks only at local files (local zoo folders); never at the network.
+    Looks only at this machine (local zoo folders, the SparseZoo cache, the caches of the
+    remote sources); never at the network.
     """
     if model:
         path = Path(model).expanduser()
-        if path.exists():
+        if path.exists() and not is_stub(model):
             return ModelChoice(model, "user", f"local path {path.resolve()}", str(path.resolve()))
         if is_stub(model):
             stub = parse_stub(model)
-            local = find_in_local_zoo(stub)
+            matches = find_entries_by_stub(stub.without_query)
+            entry = matches[0] if matches else None
+            local = _local_choice(model, "user", entry, None)
             if local:
-                return ModelChoice(model, "user", f"local zoo {local}", str(local))
+                return local
             return ModelChoice(model, "user", "zoo stub (local zoo, SparseZoo cache, then "
-                               "catalog mirrors; resolved at run time)")
+                               "catalog mirrors; resolved at run time)",
+                               expected_sparsity=entry.sparsity if entry else None, entry=entry)
+        local = _local_choice(model, "user", None, None)
+        if local:
+            return local
         return ModelChoice(model, "user", "model name (torchvision / Hugging Face Hub / "
                            "Ultralytics; resolved at run time)")
 
     variant = "sparse" if band.pruned else "dense"
     entry = catalog_entry(use_case.catalog_family, band.tier, variant)
-    local = find_in_local_zoo(parse_stub(entry.stub))
+    local = _local_choice(entry.stub, "catalog", entry, entry.sparsity)
     if local:
-        return ModelChoice(entry.stub, "catalog", f"local zoo {local}", str(local),
-                           entry.sparsity, entry)
+        return local
     if entry.sources:
         return ModelChoice(entry.stub, "catalog", str(entry.sources[0]), None,
                            entry.sparsity, entry)
     if entry.fallback:
         dense = catalog_entry(use_case.catalog_family, band.tier, entry.fallback)
-        local = find_in_local_zoo(parse_stub(dense.stub))
-        location = f"local zoo {local}" if local else str(dense.sources[0])
         note = (f"{entry.stub} is not in a local zoo or SparseZoo cache; using the dense "
                 f"{dense.architecture} instead and pruning it gradually")
-        return ModelChoice(dense.stub, "catalog", location, str(local) if local else None,
-                           dense.sparsity, dense, [note])
+        choice = (_local_choice(dense.stub, "catalog", dense, dense.sparsity)
+                  or ModelChoice(dense.stub, "catalog", str(dense.sources[0]), None,
+                                 dense.sparsity, dense))
+        choice.notes.append(note)
+        return choice
     raise AssertionError(f"catalog entry {entry.stub} has no source and no fallback")
 
 
@@ -255,14 +278,16 @@ _COMMON_KWARGS: dict[str, type | tuple[type, ...]] = {
 }
 _DOMAIN_KWARGS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "image_classification": {"image_size": int, "arch_key": str, "val_fraction": float},
-    "detection": {"image_size": int},
-    "segmentation": {"image_size": int},
+    "detection": {"image_size": int, "val_fraction": float},
+    "segmentation": {"image_size": int, "val_fraction": float},
     "text_classification": {"max_seq_length": int, "text_column": str,
                             "text_pair_column": str, "label_column": str,
-                            "val_fraction": float},
+                            "val_fraction": float, "trust_remote_code": bool},
     "token_classification": {"max_seq_length": int, "tokens_column": str,
-                             "tags_column": str, "val_fraction": float},
-    "question_answering": {"max_seq_length": int, "doc_stride": int, "val_fraction": float},
+                             "tags_column": str, "val_fraction": float,
+                             "trust_remote_code": bool},
+    "question_answering": {"max_seq_length": int, "doc_stride": int, "val_fraction": float,
+                           "trust_remote_code": bool},
 }
 _POSITIVE = {"batch_size", "eval_batch_size", "gradient_accumulation_steps", "image_size",
              "max_seq_length", "max_train_samples", "max_eval_samples", "doc_stride"}
@@ -303,7 +328,7 @@ def parse_train_kwargs(text: str | None, use_case: UseCase) -> dict[str, Any]:
         expected = valid[key]
         if expected is float and isinstance(val, int) and not isinstance(val, bool):
             val = float(val)
-        if isinstance(val, bool) or not isinstance(val, expected):
+        if (isinstance(val, bool) and expected is not bool) or not isinstance(val, expected):
             name = expected.__name__ if isinstance(expected, type) else str(expected)
             raise TrainKwargsError(
                 f"--train-kwargs '{key}' must be {name}, got {json.dumps(val)}."

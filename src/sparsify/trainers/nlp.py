@@ -1,0 +1,592 @@
+"""NLP: text classification (sentiment), token classification (NER), question answering.
+
+Hugging Face does the heavy lifting: ``transformers`` models and tokenizers, its ``Trainer``
+for the loop (devices, DDP, mixed precision), ``datasets`` for Hub data. The recipe's
+lifecycle is attached through a ``TrainerCallback`` (step, optimizer and epoch events) and
+``compute_loss`` (the distillation loss); evaluation and export are ours, so that the exported
+ONNX model is checked with the same task metric as the PyTorch model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback
+
+from sparsify.errors import ModelNotFoundError, UsageError
+from sparsify.plan import Plan
+from sparsify.trainers.common import prunable_sparsity, resolve_device, seed_everything
+from sparsify.trainers.image_classification import TrainResult
+
+logger = logging.getLogger(__name__)
+
+#: task family -> (transformers auto class, output names, metric used for the export check)
+TASKS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "text_classification": ("AutoModelForSequenceClassification", ("logits",), "accuracy"),
+    "token_classification": ("AutoModelForTokenClassification", ("logits",), "f1"),
+    "question_answering": ("AutoModelForQuestionAnswering", ("start_logits", "end_logits"),
+                           "f1"),
+}
+DEFAULT_MAX_SEQ_LENGTH = {"text_classification": 128, "token_classification": 128,
+                          "question_answering": 384}
+HEAD_NAMES = ("classifier", "qa_outputs", "score")
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+def _model_folder(path: Path) -> Path:
+    """A transformers folder inside ``path``: itself, or a SparseZoo layout's ``training/``
+    (or ``deployment/``)."""
+    for candidate in (path, path / "training", path / "deployment"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ModelNotFoundError(
+        f"{path} holds no transformers model: no config.json in it, in training/ or in "
+        "deployment/.",
+        hint="Give a folder written by save_pretrained() (config.json, model weights, "
+             "tokenizer files), a Hugging Face Hub id, or a zoo: stub.")
+
+
+def resolve_nlp_source(choice: Any) -> tuple[str, str]:
+    """``(what to pass to from_pretrained, description)`` for the plan's model choice."""
+    from sparsify.zoo.resolve import resolve_model_path
+
+    path = Path(choice.local_path) if choice.local_path else resolve_model_path(choice.spec)
+    if path is not None:
+        if path.is_file():
+            raise ModelNotFoundError(
+                f"{path} is a file; NLP models are folders (config.json + weights + tokenizer).",
+                hint="Pass the folder that holds the file, or a Hugging Face Hub id.")
+        folder = _model_folder(path)
+        return str(folder), f"local {folder}"
+    if choice.entry is not None and choice.entry.sources:
+        name = choice.entry.sources[0].name
+        return name, f"hf:{name} (catalog {choice.entry.stub})"
+    return choice.spec, f"hf:{choice.spec}"
+
+
+def load_nlp_model(choice: Any, family: str, label_names: list[str] | None,
+                   trust_remote_code: bool = False) -> tuple[nn.Module, Any, str, bool]:
+    """Model and tokenizer for ``family``; the head is replaced when the labels differ.
+
+    Returns:
+        ``(model, tokenizer, source description, head_replaced)``.
+
+    Raises:
+        ModelNotFoundError: nothing could provide the model (with what was tried).
+    """
+    import transformers
+
+    source, description = resolve_nlp_source(choice)
+    auto_class = getattr(transformers, TASKS[family][0])
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, **kwargs)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"Could not load the model '{choice.spec}' ({description}): "
+            f"{str(exc).splitlines()[0]}",
+            hint="Offline, only models already in the Hugging Face cache or local folders "
+                 "load: pass --model ./folder (save_pretrained layout) or register it with "
+                 "`sparsify.zoo add STUB FOLDER`. Models with custom code need "
+                 "--train-kwargs '{\"trust_remote_code\": true}'.",
+        ) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelNotFoundError(
+            f"The tokenizer of '{choice.spec}' is not a fast (Rust) tokenizer; word and "
+            "character offsets need one.",
+            hint="Use a model whose folder has tokenizer.json.")
+    replaced = False
+    if label_names is not None:
+        old = [str(v) for _, v in sorted((int(k), v) for k, v in
+                                        (getattr(config, "id2label", None) or {}).items())]
+        own_head = any(a.endswith(TASKS[family][0].replace("AutoModelFor", "For"))
+                       for a in (config.architectures or []))
+        replaced = not (own_head and old == list(label_names))
+        kwargs.update(num_labels=len(label_names),
+                      id2label=dict(enumerate(label_names)),
+                      label2id={n: i for i, n in enumerate(label_names)})
+    else:
+        replaced = not any(a.endswith("ForQuestionAnswering") for a in (config.architectures or []))
+    try:
+        with _quiet_transformers():
+            model = auto_class.from_pretrained(source, ignore_mismatched_sizes=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"Could not load the weights of '{choice.spec}' "
+                                 f"({description}): {str(exc).splitlines()[0]}") from None
+    if replaced and label_names is not None:
+        _reinit_head_(model)
+    return model, tokenizer, description, replaced
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Any:
+    """transformers warns at length about newly initialised heads; we log one line instead."""
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
+def _reinit_head_(model: nn.Module) -> None:
+    """A fresh classification head (when the labels differ from the checkpoint's, even if
+    their number is the same)."""
+    for name in HEAD_NAMES:
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            for module in head.modules():
+                if hasattr(module, "reset_parameters"):
+                    model._init_weights(module)  # the architecture's own initialisation
+            logger.info("Classification head '%s' initialised for the new labels", name)
+
+
+def check_same_vocabulary(student_tok: Any, teacher_tok: Any, teacher_spec: str) -> None:
+    """Raises UsageError when a teacher tokenizes differently from the student."""
+    if student_tok.get_vocab() != teacher_tok.get_vocab():
+        raise UsageError(
+            f"The teacher '{teacher_spec}' uses another vocabulary than the model "
+            f"({len(teacher_tok)} vs {len(student_tok)} tokens): distillation needs both to "
+            "read the same token ids.",
+            hint="Use a teacher of the same model family (same tokenizer), --teacher self, or "
+                 "--teacher disable.")
+
+
+# --- features --------------------------------------------------------------------------------
+
+
+class _Features(torch.utils.data.Dataset):
+    def __init__(self, items: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
+        self.items, self.keys = items, keys
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {k: self.items[i][k] for k in self.keys if k in self.items[i]}
+
+
+def tokenize_text_classification(tok: Any, examples: list[dict[str, Any]], max_len: int
+                                 ) -> list[dict[str, Any]]:
+    texts = [e["text"] for e in examples]
+    pairs = [e["text_pair"] for e in examples] if examples and "text_pair" in examples[0] else None
+    enc = tok(texts, pairs, truncation=True, max_length=max_len)
+    return [{**{k: enc[k][i] for k in enc}, "labels": e["label"]}
+            for i, e in enumerate(examples)]
+
+
+def tokenize_token_classification(tok: Any, examples: list[dict[str, Any]], max_len: int
+                                  ) -> list[dict[str, Any]]:
+    """Labels on the first sub-token of each word, -100 on the others and on special tokens."""
+    enc = tok([e["tokens"] for e in examples], is_split_into_words=True, truncation=True,
+              max_length=max_len)
+    out = []
+    for i, e in enumerate(examples):
+        word_ids = enc.word_ids(i)
+        labels, previous = [], None
+        for w in word_ids:
+            labels.append(-100 if w is None or w == previous else e["tags"][w])
+            previous = w
+        out.append({**{k: enc[k][i] for k in enc}, "labels": labels, "word_ids": word_ids})
+    return out
+
+
+def tokenize_question_answering(tok: Any, examples: list[dict[str, Any]], max_len: int,
+                                stride: int, train: bool) -> list[dict[str, Any]]:
+    """SQuAD features: long contexts are cut into windows of ``max_len`` tokens overlapping by
+    ``stride``; training windows that do not hold the answer point at the first token."""
+    pad_right = tok.padding_side == "right"
+    questions = [e["question"] for e in examples]
+    contexts = [e["context"] for e in examples]
+    enc = tok(questions if pad_right else contexts, contexts if pad_right else questions,
+              truncation="only_second" if pad_right else "only_first", max_length=max_len,
+              stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True)
+    context_index = 1 if pad_right else 0
+    out = []
+    for i in range(len(enc["input_ids"])):
+        e_idx = enc["overflow_to_sample_mapping"][i]
+        seq_ids = enc.sequence_ids(i)
+        offsets = [o if seq_ids[k] == context_index else None
+                   for k, o in enumerate(enc["offset_mapping"][i])]
+        feature = {k: enc[k][i] for k in enc if k not in ("offset_mapping",
+                                                          "overflow_to_sample_mapping")}
+        if train:
+            answers = examples[e_idx]["answers"]
+            start_char = answers["answer_start"][0]
+            end_char = start_char + len(answers["text"][0])
+            inside = [k for k, o in enumerate(offsets) if o is not None]
+            start_tok = end_tok = 0
+            if inside and offsets[inside[0]][0] <= start_char \
+                    and offsets[inside[-1]][1] >= end_char:
+                start_tok = next(k for k in inside if offsets[k][1] > start_char)
+                end_tok = next(k for k in reversed(inside) if offsets[k][0] < end_char)
+            feature.update(start_positions=start_tok, end_positions=end_tok)
+        else:
+            feature.update(example_index=e_idx, offset_mapping=offsets)
+        out.append(feature)
+    return out
+
+
+def collect_outputs(into: list[np.ndarray], values: np.ndarray, chunk: list[dict[str, Any]],
+                    family: str) -> None:
+    """Append one batch's output rows, cut to each feature's own length (padding dropped)."""
+    for i, feature in enumerate(chunk):
+        into.append(values[i] if family == "text_classification"
+                    else values[i, :len(feature["input_ids"])])
+
+
+def stack_outputs(rows: list[np.ndarray], family: str) -> Any:
+    """Rows of equal length stacked (classification); per-feature arrays kept otherwise."""
+    return np.stack(rows) if family == "text_classification" else rows
+
+
+# --- the task --------------------------------------------------------------------------------
+
+
+class NLPTask:
+    """Data + model for one NLP run; ``train`` and ``export`` are the later stages."""
+
+    def __init__(self, plan: Plan, data: str, run_dir: Path) -> None:
+        from sparsify.data.text import load_task_data
+
+        self.plan, self.run_dir = plan, run_dir
+        self.family = plan.use_case.family
+        kw = plan.train_kwargs
+        seed_everything(plan.seed)
+        self.data = load_task_data(data, self.family, kw, plan.seed, run_dir / "data_split.json")
+        self.label_names: list[str] | None = getattr(self.data, "label_names", None)
+        self.model, self.tokenizer, self.source, self.head_replaced = load_nlp_model(
+            plan.model, self.family, self.label_names, bool(kw.get("trust_remote_code", False)))
+        self.max_len = int(kw.get("max_seq_length", DEFAULT_MAX_SEQ_LENGTH[self.family]))
+        self.max_len = min(self.max_len, int(getattr(self.tokenizer, "model_max_length", 10**6)))
+        self.stride = int(kw.get("doc_stride", min(128, self.max_len // 3)))
+        if self.family == "question_answering" and self.stride >= self.max_len // 2:
+            raise UsageError(f"--train-kwargs doc_stride {self.stride} must be below half of "
+                             f"max_seq_length {self.max_len}.")
+        self.train_features = self._features(self.data.train, train=True)
+        self.val_features = self._features(self.data.val, train=False)
+        self.baseline = copy.deepcopy(self.model).eval()
+        self.start_sparsity = prunable_sparsity(self.model)["overall"]
+        self.qat = False
+        labels = f", {len(self.label_names)} labels" if self.label_names else ""
+        logger.info("Data: %d train / %d val examples (%d / %d features)%s; model %s, "
+                    "sparsity %.1f%%", len(self.data.train), len(self.data.val),
+                    len(self.train_features), len(self.val_features), labels, self.source,
+                    100 * self.start_sparsity)
+
+    def _features(self, examples: list[dict[str, Any]], train: bool) -> list[dict[str, Any]]:
+        if self.family == "text_classification":
+            return tokenize_text_classification(self.tokenizer, examples, self.max_len)
+        if self.family == "token_classification":
+            return tokenize_token_classification(self.tokenizer, examples, self.max_len)
+        return tokenize_question_answering(self.tokenizer, examples, self.max_len, self.stride,
+                                           train)
+
+    @property
+    def input_names(self) -> list[str]:
+        names = ["input_ids", "attention_mask"]
+        if "token_type_ids" in self.train_features[0]:
+            names.append("token_type_ids")
+        return names
+
+    @property
+    def label_keys(self) -> tuple[str, ...]:
+        return (("start_positions", "end_positions") if self.family == "question_answering"
+                else ("labels",))
+
+    def load_teacher(self, choice: Any) -> nn.Module:
+        """A distillation teacher with this run's labels; its vocabulary must match."""
+        teacher, tok, _, replaced = load_nlp_model(
+            choice, self.family, self.label_names,
+            bool(self.plan.train_kwargs.get("trust_remote_code", False)))
+        check_same_vocabulary(self.tokenizer, tok, choice.spec)
+        if replaced:
+            logger.warning("The teacher '%s' had no head for these labels: its head is new "
+                           "(untrained), so distilling from it teaches noise.", choice.spec)
+        return teacher
+
+    # --- batches -----------------------------------------------------------------------------
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Pad a list of features to the longest; labels padded with -100."""
+        inputs = [{k: f[k] for k in self.input_names} for f in items]
+        batch = self.tokenizer.pad(inputs, padding=True, return_tensors="pt")
+        batch = {k: v for k, v in batch.items() if k in self.input_names}
+        if items and "labels" in items[0]:
+            if self.family == "token_classification":
+                width = batch["input_ids"].shape[1]
+                labels = [f["labels"] + [-100] * (width - len(f["labels"])) for f in items]
+                batch["labels"] = torch.tensor(labels)
+            else:
+                batch["labels"] = torch.tensor([f["labels"] for f in items])
+        for key in ("start_positions", "end_positions"):
+            if items and key in items[0]:
+                batch[key] = torch.tensor([f[key] for f in items])
+        return batch
+
+    # --- training ----------------------------------------------------------------------------
+    def train(self, recipe: Any, teacher: nn.Module | None = None) -> TrainResult:
+        from transformers import TrainingArguments
+
+        from sparsify.modifiers.lifecycle import ModifierLifecycle
+
+        kw, plan = self.plan.train_kwargs, self.plan
+        device = resolve_device(plan.device)
+        lifecycle = ModifierLifecycle(recipe, self.model, teacher)
+        epochs = lifecycle.max_epochs
+        artifacts = self.run_dir / "training_artifacts"
+        artifacts.mkdir(exist_ok=True)
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        args = TrainingArguments(
+            output_dir=str(artifacts / "hf_trainer"),
+            num_train_epochs=epochs,
+            per_device_train_batch_size=int(kw.get("batch_size", 16)),
+            gradient_accumulation_steps=int(kw.get("gradient_accumulation_steps", 1)),
+            learning_rate=float(kw.get("learning_rate", 5e-5)),
+            weight_decay=float(kw.get("weight_decay", 0.01)),
+            lr_scheduler_type="linear",
+            save_strategy="no",
+            eval_strategy="no",
+            logging_strategy="steps",
+            logging_steps=max(1, math.ceil(len(self.train_features)
+                                            / int(kw.get("batch_size", 16)) / 4)),
+            report_to=["tensorboard"],
+            use_cpu=device.type == "cpu",
+            bf16=bf16,
+            seed=plan.seed,
+            data_seed=plan.seed,
+            dataloader_num_workers=int(kw.get("num_workers", 0)),
+            remove_unused_columns=False,
+            disable_tqdm=False,
+        )
+        keys = (*self.input_names, *self.label_keys)
+        callback = _LifecycleCallback(self, lifecycle, recipe, artifacts)
+        with _tensorboard_dir(self.run_dir / "logs"):
+            trainer = _LifecycleTrainer(
+                lifecycle=lifecycle, keep_lr=lifecycle.controls_lr, label_keys=self.label_keys,
+                model=self.model, args=args,
+                train_dataset=_Features(self.train_features, keys),
+                data_collator=self.collate, callbacks=[callback],
+            )
+            if teacher is not None:
+                teacher.to(trainer.args.device)
+            started = time.monotonic()
+            trainer.train()
+        shutil.rmtree(artifacts / "hf_trainer", ignore_errors=True)  # the Trainer's empty folder
+        lifecycle.finalize()
+        self.model = trainer.model.cpu().eval()
+        self.qat = lifecycle.qat_active
+        final = self.evaluate(self.model)
+        final["sparsity"] = prunable_sparsity(self.model)["overall"]
+        return TrainResult(final, callback.best, callback.best_epoch, epochs, callback.history,
+                           time.monotonic() - started)
+
+    # --- evaluation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, model: nn.Module, batch_size: int = 32) -> list[np.ndarray]:
+        """Per-feature outputs of ``model`` over the validation features (no padding kept)."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        names = TASKS[self.family][1]
+        outputs: list[list[np.ndarray]] = [[] for _ in names]
+        for start in range(0, len(self.val_features), batch_size):
+            chunk = self.val_features[start:start + batch_size]
+            batch = self.collate([{k: f[k] for k in self.input_names} for f in chunk])
+            out = model(**{k: v.to(device) for k, v in batch.items()})
+            for j, name in enumerate(names):
+                collect_outputs(outputs[j], out[name].float().cpu().numpy(), chunk, self.family)
+        if was_training:
+            model.train()
+        return [stack_outputs(o, self.family) for o in outputs]
+
+    def metrics_from_outputs(self, outputs: list[np.ndarray]) -> dict[str, float]:
+        """The task metrics from per-feature outputs (PyTorch's or ONNX Runtime's)."""
+        from sparsify.trainers.nlp_metrics import (
+            best_answers, classification_metrics, entity_metrics, squad_metrics,
+        )
+
+        if self.family == "text_classification":
+            preds = outputs[0].argmax(-1).tolist()
+            return classification_metrics(preds, [e["label"] for e in self.data.val],
+                                          len(self.label_names or []))
+        if self.family == "token_classification":
+            names = self.label_names or []
+            predicted, reference = [], []
+            for feature, example, logits in zip(self.val_features, self.data.val, outputs[0]):
+                word_tags: dict[int, str] = {}
+                for position, word in enumerate(feature["word_ids"]):
+                    if word is not None and word not in word_tags:
+                        word_tags[word] = names[int(np.argmax(logits[position]))]
+                # words cut off by max_seq_length count as "O" predictions
+                predicted.append([word_tags.get(w, "O") for w in range(len(example["tokens"]))])
+                reference.append([names[t] for t in example["tags"]])
+            return entity_metrics(predicted, reference)
+        answers = best_answers(self.data.val, self.val_features, outputs[0], outputs[1])
+        return squad_metrics(answers, {e["id"]: e["answers"]["text"] for e in self.data.val})
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return self.metrics_from_outputs(self.predict(model))
+
+    # --- export ------------------------------------------------------------------------------
+    def sample_inputs(self, batch: int, length: int | None = None) -> dict[str, np.ndarray]:
+        """``batch`` copies of the first validation feature, padded to ``length``."""
+        feature = {k: self.val_features[0][k] for k in self.input_names}
+        padded = self.tokenizer.pad([feature] * batch, padding="max_length" if length else True,
+                                    max_length=length, return_tensors="np")
+        return {k: padded[k].astype(np.int64) for k in self.input_names}
+
+    def latency_inputs(self, batch: int) -> dict[str, np.ndarray]:
+        """ONNX Runtime inputs for the latency measurement: ``max_seq_length`` tokens."""
+        return self.sample_inputs(batch, min(self.max_len, 128))
+
+    def export(self, deploy_dir: Path, baseline_path: Path) -> dict[str, Any]:
+        from sparsify.export.nlp import export_transformer
+
+        return export_transformer(self, deploy_dir, baseline_path)
+
+
+@contextlib.contextmanager
+def _tensorboard_dir(folder: Path) -> Any:
+    """transformers' TensorBoard callback reads its folder from ``TENSORBOARD_LOGGING_DIR``."""
+    import os
+
+    old = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = old
+
+
+class _KeepLR(torch.optim.lr_scheduler.LRScheduler):
+    """A scheduler that changes nothing: the recipe's LR modifiers set the LR."""
+
+    def get_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+
+class _LifecycleTrainer(Trainer):
+    """``Trainer`` whose loss goes through the lifecycle (distillation) and whose scheduler
+    stands aside when the recipe sets the LR."""
+
+    def __init__(self, *args: Any, lifecycle: Any, keep_lr: bool, label_keys: tuple[str, ...],
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lifecycle, self._keep_lr, self._label_keys = lifecycle, keep_lr, label_keys
+        # our loss is a per-batch mean: let the Trainer divide it by the accumulation steps
+        self.model_accepts_loss_kwargs = False
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        if self._keep_lr:
+            if self.lr_scheduler is None:
+                self.lr_scheduler = _KeepLR(optimizer or self.optimizer)
+            return self.lr_scheduler
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        qat_on_gpu = self._lifecycle.qat_active and self.args.device.type == "cuda"
+        context = (torch.autocast("cuda", enabled=False) if qat_on_gpu
+                   else contextlib.nullcontext())
+        with context:  # no mixed precision while QAT runs
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
+            features = {k: v for k, v in inputs.items() if k not in self._label_keys}
+            loss = self._lifecycle.loss_calculated(loss, features, outputs)
+        return (loss, outputs) if return_outputs else loss
+
+
+class _LifecycleCallback(TrainerCallback):
+    """Maps the Trainer's events onto the lifecycle; evaluates and checkpoints per epoch."""
+
+    def __init__(self, task: NLPTask, lifecycle: Any, recipe: Any, artifacts: Path) -> None:
+        self.task, self.lifecycle, self.recipe, self.artifacts = task, lifecycle, recipe, artifacts
+        self.best: dict[str, float] = {}
+        self.best_epoch = -1
+        self.history: list[dict[str, float]] = []
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        batches = len(kw["train_dataloader"])
+        steps = max(1, math.ceil(batches / args.gradient_accumulation_steps))
+        self.lifecycle.initialize(kw["optimizer"], steps)
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.lifecycle.epoch_start()
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.lifecycle.batch_start()
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.lifecycle.optim_pre_step()
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.lifecycle.optim_post_step()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.lifecycle.batch_end()
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.lifecycle.epoch_end()
+        model = kw["model"]
+        metrics = self.task.evaluate(model)
+        metrics["sparsity"] = prunable_sparsity(model)["overall"]
+        epoch = len(self.history) + 1
+        self.history.append({"epoch": epoch, **metrics})
+        logger.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if not state.is_world_process_zero:
+            return
+        name = self.task.plan.eval_metric
+        better = not self.best or (metrics[name] < self.best[name] if name == "loss"
+                                   else metrics[name] >= self.best[name])
+        self._save(model, self.artifacts / "last", epoch, metrics)
+        if better:
+            self.best, self.best_epoch = dict(metrics), epoch
+            self._save(model, self.artifacts / "best", epoch, metrics)
+
+    def _save(self, model: nn.Module, folder: Path, epoch: int, metrics: dict[str, float]) -> None:
+        """A transformers folder (weights, config, tokenizer) with the applied recipe; written
+        beside the old one and swapped in, so a crash never leaves a half checkpoint."""
+        from transformers.utils import logging as hf_logging
+
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # one "Writing model shards" bar per save is noise
+        try:
+            model.save_pretrained(tmp)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        self.task.tokenizer.save_pretrained(tmp)
+        (tmp / "recipe.yaml").write_text(self.recipe.to_yaml(), encoding="utf-8")
+        (tmp / "trainer_state.json").write_text(json.dumps({
+            "epoch": epoch, "metrics": metrics, "qat": self.lifecycle.qat_active}, indent=1))
+        old = folder.with_name(f".{folder.name}.old")
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run_nlp(plan: Plan, data: str, run_dir: Path) -> NLPTask:
+    """Build the task (validates data and loads the model)."""
+    return NLPTask(plan, data, run_dir)
+
