@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,9 @@ def _torchvision():
 # --- EfficientNet-Lite ------------------------------------------------------------------------
 # Google's EfficientNet-Lite (EfficientNet without squeeze-excitation, ReLU6, stem and head not
 # scaled), built from plain Conv2d/BatchNorm2d/ReLU6 modules so that BatchNorm folding, QAT and
-# the INT8 export treat it like any torchvision CNN. Padding is PyTorch's symmetric k // 2.
+# the INT8 export treat it like any torchvision CNN. Padding is PyTorch's symmetric k // 2;
+# BatchNorm has TensorFlow's eps (1e-3, which the published weights were trained with) and
+# PyTorch's momentum (0.1, so the running statistics follow a new dataset when fine-tuning).
 
 # (expand ratio, kernel, stride, output channels, repeats) of the B0 base network.
 _LITE_BASE = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
@@ -63,7 +66,7 @@ def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
              act: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)]
+        nn.BatchNorm2d(cout, eps=1e-3)]
     if act:
         layers.append(nn.ReLU6(inplace=True))
     return nn.Sequential(*layers)
@@ -202,11 +205,74 @@ def _from_efficientnet_pytorch(state: dict[str, torch.Tensor]) -> dict[str, torc
     return out
 
 
-def _to_arch_layout(state: dict[str, torch.Tensor], arch_key: str) -> dict[str, torch.Tensor]:
-    """Rename a checkpoint written by another project into the names ``arch_key`` builds."""
+# SparseML's ResNet (sparseml.pytorch.models.classification.resnet) is torchvision's ResNet v1.5
+# under other names: ``input.{conv,bn}`` is the stem, ``sections.S.B`` is ``layer{S+1}.B`` (same
+# conv1..3/bn1..3 inside a block), the projection shortcut ``identity.{conv,bn}`` is
+# ``downsample.{0,1}`` and ``classifier.fc`` is ``fc``. Its ReLUs and softmax hold no state.
+_SPARSEML_RESNET_KEY = re.compile(r"resnet(?:v1)?[_-]?(18|34|50|101|152)")
+_SPARSEML_WIDE_KEY = re.compile(r"resnet(?:v1)?[_-]?(50|101)[_-]2xwidth")
+
+
+def _sparseml_resnet_arch(arch_key: str) -> str:
+    """The torchvision builder for one of SparseML's ResNet registry keys.
+
+    Raises:
+        UsageError: a SparseML ResNet variant torchvision has no builder for (ResNet V2's
+            pre-activation blocks, ResNeXt-101/152 with 32 groups of width 4).
+    """
+    key = arch_key.lower()
+    if m := _SPARSEML_RESNET_KEY.fullmatch(key):
+        return f"resnet{m.group(1)}"
+    if m := _SPARSEML_WIDE_KEY.fullmatch(key):
+        return f"wide_resnet{m.group(1)}_2"
+    if re.fullmatch(r"resnext[_-]?50", key):
+        return "resnext50_32x4d"
+    raise UsageError(
+        f"SparseML's '{arch_key}' has no torchvision equivalent to load its weights into "
+        "(ResNet V2's pre-activation blocks and ResNeXt-101/152 32x4d are not torchvision "
+        "architectures).",
+        hint="Supported SparseML ResNets: resnet18/34/50/101/152, resnet50_2xwidth, "
+             "resnet101_2xwidth, resnext50.")
+
+
+def _from_sparseml_resnet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SparseML ResNet v1 names to torchvision's; names it does not know are kept."""
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "input" and len(parts) > 2 and parts[1] in ("conv", "bn"):
+            key = ".".join([parts[1] + "1", *parts[2:]])
+        elif parts[0] == "sections" and len(parts) > 3 and parts[1].isdigit():
+            rest = parts[3:]
+            if rest[0] == "identity" and len(rest) > 2 and rest[1] in ("conv", "bn"):
+                rest = ["downsample", "0" if rest[1] == "conv" else "1", *rest[2:]]
+            key = ".".join([f"layer{int(parts[1]) + 1}", parts[2], *rest])
+        elif parts[:2] == ["classifier", "fc"]:
+            key = ".".join(["fc", *parts[2:]])
+        out[key] = value
+    return out
+
+
+def _is_sparseml_resnet(state: dict[str, torch.Tensor]) -> bool:
+    return "input.conv.weight" in state and any(k.startswith("sections.") for k in state)
+
+
+def _to_arch_layout(state: dict[str, torch.Tensor], arch_key: str
+                    ) -> tuple[dict[str, torch.Tensor], str]:
+    """Rename a checkpoint written by another project into the names ``arch_key`` builds.
+
+    Returns the renamed state dict and the architecture to build (SparseML's registry keys,
+    such as ``resnet_50`` or ``resnext50``, become torchvision builder names).
+    """
     if arch_key in EFFICIENTNET_LITE and "_conv_stem.weight" in state:
-        return _from_efficientnet_pytorch(state)
-    return state
+        return _from_efficientnet_pytorch(state), arch_key
+    if _is_sparseml_resnet(state):
+        if any(k.startswith("sections.") and ".identity.weight" in k for k in state):
+            raise UsageError(
+                "This checkpoint is SparseML's ResNet V2 (pre-activation blocks), which has no "
+                "torchvision equivalent to load its weights into.")
+        return _from_sparseml_resnet(state), _sparseml_resnet_arch(arch_key)
+    return state, arch_key
 
 
 def _load_checkpoint(path: Path, arch_key: str | None) -> tuple[nn.Module, str]:
@@ -231,7 +297,7 @@ def _load_checkpoint(path: Path, arch_key: str | None) -> tuple[nn.Module, str]:
             f"{path} does not say which architecture it is (no 'arch_key' in the file).",
             hint='Give it: --train-kwargs \'{"arch_key": "resnet18"}\'')
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    state = _to_arch_layout(state, arch_key)
+    state, arch_key = _to_arch_layout(state, arch_key)
     head_keys = [k for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
     num_classes = state[head_keys[-1]].shape[0] if head_keys else None
     model = build_arch(arch_key, num_classes)
@@ -241,8 +307,9 @@ def _load_checkpoint(path: Path, arch_key: str | None) -> tuple[nn.Module, str]:
         raise ModelNotFoundError(
             f"{path} does not match {owner}'{arch_key}': missing {len(missing)} keys "
             f"(e.g. {missing[:3]}), unexpected {len(unexpected)} (e.g. {unexpected[:3]}).",
-            hint="SparseML's own ResNet/MobileNet key layout is not read yet; use a checkpoint "
-                 "with torchvision parameter names, or the right arch_key.")
+            hint="Read: torchvision parameter names, SparseML's ResNet v1 layout (input.conv, "
+                 "sections.N.M, classifier.fc) and efficientnet_pytorch's EfficientNet-Lite "
+                 "layout. Check the arch_key.")
     return model, arch_key
 
 
