@@ -398,9 +398,15 @@ class WeightFakeQuantizer(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+def _version(t: torch.Tensor) -> int:
+    # Tensors made under ``torch.inference_mode`` (Ultralytics validates that way) have no
+    # version counter; -1 stands for "not tracked".
+    return -1 if t.is_inference() else t._version
+
+
 def _tag(t: torch.Tensor, quantizer: FakeQuantizer) -> torch.Tensor:
     # The version counter detects in-place changes (``out += identity``) after tagging.
-    setattr(t, _TAG, (quantizer, t._version))
+    setattr(t, _TAG, (quantizer, _version(t)))
     return t
 
 
@@ -412,12 +418,12 @@ def _tag_of(t: torch.Tensor) -> tuple[FakeQuantizer, bool] | None:
     ONNX Runtime run the reshape on integers (identical Q/DQ parameters around it).
     """
     info = getattr(t, _TAG, None)
-    if info is not None and info[1] == t._version:
+    if info is not None and info[1] == _version(t):
         return info[0], True
     base = getattr(t, "_base", None)
     if base is not None:
         info = getattr(base, _TAG, None)
-        if info is not None and info[1] == base._version:
+        if info is not None and info[1] == _version(base):
             return info[0], False
     return None
 

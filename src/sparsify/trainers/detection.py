@@ -1,0 +1,574 @@
+"""Detection and segmentation: YOLO data, Ultralytics models, the Ultralytics trainer.
+
+Ultralytics (AGPL-3.0, the optional ``detection`` extra) is imported only when a run starts. Its
+trainer runs the loop; this module maps the loop onto the modifier lifecycle:
+
+* ``on_train_epoch_start`` / ``on_train_epoch_end`` -> EPOCH_START / EPOCH_END;
+* ``on_train_batch_start`` -> BATCH_START (the recipe's LR is set here, after Ultralytics'
+  own per-epoch scheduler step, which therefore has no effect);
+* the trainer's ``optimizer_step`` method is wrapped: OPTIM_PRE_STEP, the step, OPTIM_POST_STEP
+  (masks re-applied), BATCH_END, then the EMA update from the masked weights and the masks
+  applied to the EMA weights too (the EMA is what Ultralytics validates and saves).
+
+Ultralytics' gradient accumulation is switched off (``nbs = batch``), so one batch is one
+optimizer step and ``steps_per_epoch`` is the number of batches. When QAT starts, AMP and the
+EMA are switched off (the EMA then *is* the trained model), and each ``Conv``'s SiLU gets its own
+:class:`QATSiLU`, so the conv/bn/act blocks export as QLinearConv -> QLinearSigmoid ->
+QLinearMul. The DFL head's fixed integral convolution is neither pruned nor quantized.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsify.errors import DataError, ModelNotFoundError, TrainingError, UsageError
+from sparsify.plan import Plan
+from sparsify.quantization import FakeQuantizer, _QATModule, _tag_of
+from sparsify.trainers.common import prunable_sparsity, resolve_device, seed_everything
+
+logger = logging.getLogger(__name__)
+
+#: use-case family -> Ultralytics task.
+TASK_OF_FAMILY = {"detection": "detect", "segmentation": "segment"}
+_OPTIMIZERS = {"sgd": "SGD", "adamw": "AdamW", "adam": "Adam"}
+_CHECKPOINT_NAMES = ("model.pt", "best.pt", "last.pt", "weights/best.pt", "weights/last.pt")
+
+
+@dataclass
+class DetectionTrainResult:
+    """What training produced (the fields ``report.build_metrics`` reads)."""
+
+    metrics: dict[str, float]
+    best_metrics: dict[str, float]
+    best_epoch: int
+    epochs: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def configure_ultralytics_env(config_dir: Path | None = None) -> None:
+    """Environment for a quiet, offline-safe Ultralytics (effective before its first import).
+
+    ``YOLO_CONFIG_DIR`` (its settings file and fonts) and ``YOLO_OFFLINE`` are only set when the
+    user has not set them.
+    """
+    if config_dir is not None:
+        os.environ.setdefault("YOLO_CONFIG_DIR", str(config_dir))
+    os.environ.setdefault("YOLO_VERBOSE", "True")
+
+
+# --------------------------------------------------------------------------------------------
+# QAT for Ultralytics' Conv blocks
+# --------------------------------------------------------------------------------------------
+
+
+class QATSiLU(_QATModule, nn.SiLU):
+    """SiLU between quantized tensors: ``x * sigmoid(x)`` with the sigmoid and the product
+    fake-quantized, so ONNX Runtime runs QLinearSigmoid and QLinearMul on integers.
+
+    Only applied where its input is already quantized (the output of a quantized Conv+BN); a
+    float input passes through a plain SiLU.
+    """
+
+    _qat_original_type = "SiLU"
+
+    def __init__(self, averaging_constant: float = 0.01) -> None:
+        super().__init__()
+        self.sigmoid_quant = FakeQuantizer(averaging_constant)
+        self.output_quant = FakeQuantizer(averaging_constant)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _tag_of(x) is None:
+            return F.silu(x)
+        return self.output_quant(x * self.sigmoid_quant(torch.sigmoid(x)))
+
+
+def quantize_conv_activations_(model: nn.Module, averaging_constant: float = 0.01) -> int:
+    """Give every Ultralytics ``Conv`` whose conv is quantized its own :class:`QATSiLU`.
+
+    Ultralytics shares one ``nn.SiLU`` instance among all its ``Conv`` blocks, so the activation
+    is replaced per block (a shared quantizer would mix the ranges of every layer).
+
+    Returns:
+        The number of blocks changed.
+    """
+    from sparsify.quantization import is_qat_prepared
+
+    device = next(model.parameters()).device
+    n = 0
+    for module in model.modules():
+        conv, act = getattr(module, "conv", None), getattr(module, "act", None)
+        if (type(act) is nn.SiLU and isinstance(conv, nn.Conv2d) and is_qat_prepared(conv)):
+            module.act = QATSiLU().to(device)
+            n += 1
+    return n
+
+
+def freeze_dfl_(model: nn.Module) -> list[str]:
+    """Turn the DFL head's fixed integral weights (0, 1, ..., reg_max - 1) into a buffer.
+
+    The state-dict key stays ``...dfl.conv.weight``; as a buffer it is not selected by
+    ``__ALL_PRUNABLE__`` (pruning it would break box decoding), not trained and not counted.
+
+    Returns:
+        The names of the DFL modules (for the quantization ``ignore`` list).
+    """
+    names = []
+    for name, module in model.named_modules():
+        if type(module).__name__ == "DFL":
+            conv = module.conv
+            if isinstance(conv.weight, nn.Parameter):
+                weight = conv.weight.detach().clone()
+                del conv.weight
+                conv.register_buffer("weight", weight)
+            names.append(name)
+    return names
+
+
+@torch.no_grad()
+def mask_like_(target: nn.Module, source: nn.Module, names: list[str]) -> None:
+    """Zero the entries of ``target``'s parameters ``names`` where ``source``'s are zero."""
+    mine = dict(target.named_parameters())
+    theirs = dict(source.named_parameters())
+    for name in names:
+        if name in mine and name in theirs and mine[name] is not theirs[name]:
+            mine[name].mul_((theirs[name] != 0).to(mine[name].dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedYolo:
+    model: nn.Module
+    architecture: str
+    source: str
+
+
+def _model_class(task: str) -> Any:
+    from ultralytics.nn.tasks import DetectionModel, SegmentationModel
+
+    return SegmentationModel if task == "segment" else DetectionModel
+
+
+def _check_task(found: str, task: str, what: str) -> None:
+    if found != task:
+        kind = {"detect": "object_detection", "segment": "segmentation"}
+        raise UsageError(
+            f"{what} is a YOLO '{found}' model, but this run is {kind.get(task, task)}.",
+            hint="Use a -seg model (yolov8n-seg.pt, yolov8n-seg.yaml) for segmentation and a "
+                 "plain one (yolov8n.pt) for object detection.")
+
+
+def _find_checkpoint(folder: Path) -> Path | None:
+    for sub in (folder / "training", folder):
+        for name in _CHECKPOINT_NAMES:
+            if (sub / name).is_file():
+                return sub / name
+    found = sorted(folder.rglob("*.pt"))
+    return found[0] if found else None
+
+
+def load_yolo_model(choice: Any, task: str, num_classes: int) -> LoadedYolo:
+    """The starting model for ``task`` with a head for ``num_classes``.
+
+    ``choice`` (a :class:`sparsify.plan.ModelChoice`) may name a local ``.pt`` checkpoint, a
+    model folder (local zoo), an Ultralytics model YAML (``yolov8n.yaml``: built from scratch,
+    offline) or Ultralytics weights (``yolov8n.pt``: downloaded by Ultralytics when online).
+    Weights whose shapes match are transferred into a model built for the run's classes, so a
+    checkpoint's zeros (its sparsity) are kept.
+
+    Raises:
+        ModelNotFoundError: nothing could provide the model.
+        UsageError: the model is for the other task (detection vs segmentation).
+    """
+    from ultralytics.nn.tasks import guess_model_task, load_checkpoint
+
+    cls = _model_class(task)
+    spec = choice.spec
+    if choice.local_path:
+        path: Path | None = Path(choice.local_path)
+    elif choice.entry is not None and choice.entry.sources:
+        spec = choice.entry.sources[0].name
+        path = None
+    elif spec.startswith("zoo:"):
+        from sparsify.zoo.resolve import resolve_model_path
+
+        path = resolve_model_path(spec)
+    else:
+        path = Path(spec).expanduser() if Path(spec).expanduser().exists() else None
+
+    if path is not None and path.is_dir():
+        found = _find_checkpoint(path)
+        if found is None:
+            raise ModelNotFoundError(f"No YOLO checkpoint (*.pt) in {path}.",
+                                     hint="Put the Ultralytics checkpoint at "
+                                          f"{path}/training/model.pt.")
+        path = found
+    if path is not None and path.suffix.lower() in (".yaml", ".yml"):
+        _check_task(guess_model_task(str(path)), task, str(path))
+        model = cls(str(path), nc=num_classes, ch=3, verbose=False)
+        return LoadedYolo(model, path.stem, f"config {path} (random init)")
+    if path is None and spec.lower().endswith((".yaml", ".yml")):
+        try:
+            _check_task(guess_model_task(spec), task, spec)
+            model = cls(spec, nc=num_classes, ch=3, verbose=False)
+        except (FileNotFoundError, OSError) as exc:
+            raise ModelNotFoundError(f"Ultralytics has no model config '{spec}': {exc}",
+                                     hint="Model configs are named like yolov8n.yaml, "
+                                          "yolov8s-seg.yaml, yolo11n.yaml.") from None
+        return LoadedYolo(model, Path(spec).stem, f"Ultralytics config {spec} (random init)")
+    if path is None:
+        if not spec.lower().endswith(".pt"):
+            raise ModelNotFoundError(
+                f"'{spec}' is neither a file nor an Ultralytics model name.",
+                hint="Give a .pt checkpoint, a model folder, a zoo: stub in a local zoo, an "
+                     "Ultralytics weight name (yolov8n.pt, yolo11n-seg.pt) or a model config "
+                     "(yolov8n.yaml, trained from scratch).")
+        from ultralytics.utils.downloads import attempt_download_asset
+
+        try:
+            path = Path(attempt_download_asset(spec))
+        except Exception as exc:  # noqa: BLE001 - offline, unknown name, HTTP errors
+            path = None
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            reason = "the download left no file"
+        if path is None or not path.is_file():
+            raise ModelNotFoundError(
+                f"Could not get Ultralytics weights '{spec}' ({reason}).",
+                hint="Offline, pass a local checkpoint (--model ./yolov8n.pt), a model folder "
+                     "in the local zoo, or a config to train from scratch (--model "
+                     "yolov8n.yaml).")
+    try:
+        weights, _ = load_checkpoint(path)
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem is the user's file
+        raise ModelNotFoundError(f"Cannot read YOLO checkpoint {path}: {type(exc).__name__}: "
+                                 f"{exc}") from None
+    _check_task(getattr(weights, "task", guess_model_task(weights)), task, str(path))
+    model = cls(copy.deepcopy(weights.yaml), nc=num_classes, ch=3, verbose=False)
+    freeze_dfl_(weights)
+    freeze_dfl_(model)
+    model.load(weights, verbose=False)
+    arch = str(weights.yaml.get("yaml_file", path.stem)) if isinstance(weights.yaml, dict) \
+        else path.stem
+    return LoadedYolo(model, Path(arch).stem, f"checkpoint {path}")
+
+
+# --------------------------------------------------------------------------------------------
+# The Ultralytics trainer, subclassed at run time (Ultralytics is an optional import)
+# --------------------------------------------------------------------------------------------
+
+
+def _trainer_class(task: str) -> type:
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.models.yolo.segment import SegmentationTrainer
+
+    base = SegmentationTrainer if task == "segment" else DetectionTrainer
+
+    class SparsifyYoloTrainer(base):  # type: ignore[misc, valid-type]
+        """Ultralytics' trainer with the modifier lifecycle in its optimizer step."""
+
+        sparsify_data: dict[str, Any] | None = None
+        lifecycle: Any = None
+        masked_names: list[str] = []
+
+        def get_dataset(self) -> dict[str, Any]:
+            # Staged data is already checked: no Ultralytics download or font check.
+            if self.sparsify_data is not None:
+                return dict(self.sparsify_data)
+            return super().get_dataset()
+
+        def optimizer_step(self) -> None:
+            lifecycle = self.lifecycle
+            lifecycle.optim_pre_step()
+            ema, self.ema = self.ema, None
+            try:
+                super().optimizer_step()
+            finally:
+                self.ema = ema
+            lifecycle.optim_post_step()
+            lifecycle.batch_end()
+            if ema is not None and ema.enabled and ema.ema is not self.model:
+                ema.update(self.model)
+                mask_like_(ema.ema, self.model, self.masked_names)
+
+        def final_eval(self) -> None:
+            # The final evaluation runs after the lifecycle's finalize (masks, BN folding) on
+            # the model that is exported, not on a reloaded best.pt.
+            return None
+
+    return SparsifyYoloTrainer
+
+
+class DetectionTask:
+    """Data + model for one detection or segmentation run; ``train`` and ``export`` follow."""
+
+    def __init__(self, plan: Plan, data: str, run_dir: Path) -> None:
+        from sparsify.data.yolo import is_named_dataset, stage_dataset, validate_yolo_dataset
+
+        self.plan, self.run_dir = plan, run_dir
+        self.task = TASK_OF_FAMILY[plan.use_case.family]
+        kw = plan.train_kwargs
+        seed_everything(plan.seed)
+        self.image_size = int(kw.get("image_size", 640))
+        self.val_fraction = float(kw.get("val_fraction", 0.2))
+
+        # Data first: a rejected dataset fails before any model is built.
+        self.dataset = None
+        if is_named_dataset(data):
+            logger.info("Dataset %s: passed to Ultralytics (downloaded when online)", data)
+            data_arg, prepared = data, None
+        else:
+            self.dataset = validate_yolo_dataset(data, self.task, val_fraction=self.val_fraction,
+                                                 seed=plan.seed)
+            data_arg = str(stage_dataset(self.dataset, run_dir))
+            staged = run_dir / "dataset"
+            prepared = {
+                "path": staged.resolve(), "yaml_file": data_arg,
+                "train": str((staged / "images/train").resolve()),
+                "val": str((staged / "images/val").resolve()),
+                "names": dict(enumerate(self.dataset.names)), "nc": len(self.dataset.names),
+                "channels": 3,
+            }
+        configure_ultralytics_env(run_dir / "logs" / "ultralytics")
+        self.trainer = self._build_trainer(data_arg, prepared)
+        names = self.trainer.data["names"]
+        self.class_names = [names[i] for i in sorted(names)] if isinstance(names, dict) \
+            else list(names)
+
+        loaded = load_yolo_model(plan.model, self.task, len(self.class_names))
+        self.loaded = loaded
+        self.dfl_names = freeze_dfl_(loaded.model)
+        self.model = loaded.model
+        self.model.names = dict(enumerate(self.class_names))
+        # The dense FP32 starting point, exported later as the latency baseline.
+        self.baseline = copy.deepcopy(self.model).eval()
+        self.start_sparsity = prunable_sparsity(self.model)["overall"]
+        self.qat = False
+        logger.info("Model %s (%s), sparsity %.1f%%", loaded.architecture, loaded.source,
+                    100 * self.start_sparsity)
+
+    # --- Ultralytics trainer -----------------------------------------------------------------
+    def _build_trainer(self, data_arg: str, prepared: dict[str, Any] | None) -> Any:
+        kw, plan = self.plan.train_kwargs, self.plan
+        device = resolve_device(plan.device)
+        cls = _trainer_class(self.task)
+        cls.sparsify_data = prepared
+        batch = int(kw.get("batch_size", 16))
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        overrides = {
+            "model": self.plan.model.spec if self.plan.model.spec.endswith((".pt", ".yaml"))
+            else "yolov8n.yaml",  # only a label here: the model object is set before training
+            "data": data_arg, "task": self.task, "imgsz": self.image_size, "batch": batch,
+            # nbs = batch: no gradient accumulation, one batch is one optimizer step.
+            "nbs": batch, "workers": int(kw.get("num_workers", 0)),
+            "device": "cpu" if device.type == "cpu" else str(device.index or 0),
+            "project": str(self.run_dir.resolve()), "name": "training_artifacts", "exist_ok": True,
+            "plots": False, "amp": "bf16" if bf16 else False, "seed": plan.seed,
+            "optimizer": _OPTIMIZERS[kw.get("optimizer", "adamw")],
+            "lr0": float(kw.get("learning_rate", 0.001)), "verbose": False, "pretrained": False,
+            "val": True, "save": True, "cache": False,
+        }
+        if "weight_decay" in kw:
+            overrides["weight_decay"] = float(kw["weight_decay"])
+        if device.type == "mps":
+            overrides["device"] = "mps"
+        try:
+            return cls(overrides=overrides)
+        except (RuntimeError, FileNotFoundError, SyntaxError, TypeError) as exc:
+            raise DataError(f"Ultralytics could not load the dataset '{data_arg}': {exc}",
+                            hint="Offline, named datasets (coco8.yaml...) cannot be downloaded: "
+                                 "pass a local YOLO dataset folder or YAML.") from None
+
+    # --- training ----------------------------------------------------------------------------
+    def load_teacher(self, choice: Any) -> nn.Module:
+        return load_yolo_model(choice, self.task, len(self.class_names)).model
+
+    def train(self, recipe: Any, teacher: nn.Module | None = None) -> DetectionTrainResult:
+        from sparsify.modifiers.lifecycle import ModifierLifecycle
+
+        if teacher is not None:
+            logger.warning("Distillation is not available for YOLO training yet; the teacher "
+                           "is not used.")
+        trainer, model = self.trainer, self.model
+        lifecycle = ModifierLifecycle(recipe, model, None)
+        for modifier in lifecycle.modifiers_of("QuantizationModifier"):
+            # The DFL's fixed integral conv decodes boxes: keep it float.
+            modifier.ignore = list(modifier.ignore or []) + self.dfl_names
+        epochs = lifecycle.max_epochs
+        trainer.model = model
+        trainer.epochs = trainer.args.epochs = epochs
+        trainer.args.close_mosaic = min(int(trainer.args.close_mosaic), max(epochs // 3, 0))
+        if lifecycle.controls_lr:
+            trainer.args.warmup_epochs = 0.0  # the recipe owns the LR from the first step
+        trainer.lifecycle = lifecycle
+        state = {"qat_ready": False}
+
+        def on_train_start(tr: Any) -> None:
+            lifecycle.initialize(tr.optimizer, max(1, len(tr.train_loader)))
+            tr.masked_names = lifecycle.masked_parameter_names()
+
+        def on_epoch_start(tr: Any) -> None:
+            lifecycle.epoch_start()
+
+        def on_batch_start(tr: Any) -> None:
+            lifecycle.batch_start()
+            tr.masked_names = lifecycle.masked_parameter_names()
+            if lifecycle.qat_active and not state["qat_ready"]:
+                self._qat_started(tr)
+                state["qat_ready"] = True
+
+        def on_epoch_end(tr: Any) -> None:
+            lifecycle.epoch_end()
+            loss = getattr(tr, "loss", None)
+            if loss is not None and not torch.isfinite(loss):
+                raise TrainingError(
+                    f"The loss became {float(loss)} at epoch {lifecycle.epoch:.2f}.",
+                    hint="Lower the learning rate (--recipe-args init_lr=...) or check the data.")
+
+        trainer.add_callback("on_train_start", on_train_start)
+        trainer.add_callback("on_train_epoch_start", on_epoch_start)
+        trainer.add_callback("on_train_batch_start", on_batch_start)
+        trainer.add_callback("on_train_epoch_end", on_epoch_end)
+
+        started = time.monotonic()
+        trainer.train()
+        lifecycle.finalize()
+        self.qat = lifecycle.qat_active
+        final = trainer.model if self.qat or trainer.ema is None else trainer.ema.ema
+        if final is not trainer.model:
+            mask_like_(final, trainer.model, lifecycle.masked_parameter_names())
+        self.model = final.float().cpu().eval()
+        seconds = time.monotonic() - started
+
+        metrics = self.evaluate(self.model)
+        metrics["sparsity"] = prunable_sparsity(self.model)["overall"]
+        history = self._history()
+        best_epoch = int(getattr(trainer.stopper, "best_epoch", epochs - 1)) + 1
+        best = next((dict(h) for h in history if h.get("epoch") == best_epoch), dict(metrics))
+        best.pop("epoch", None)
+        from sparsify.trainers.common import save_checkpoint
+
+        save_checkpoint(self.run_dir / "training_artifacts" / "model_final.pt", {
+            "model": copy.deepcopy(self.model), "names": self.class_names, "task": self.task,
+            "image_size": self.image_size, "qat": self.qat, "recipe": recipe.to_yaml(),
+            "metrics": metrics})
+        return DetectionTrainResult(metrics, best, best_epoch, epochs, history, seconds)
+
+    def _qat_started(self, trainer: Any) -> None:
+        """QAT just began: quantize the SiLUs, switch AMP and the EMA off."""
+        n = quantize_conv_activations_(trainer.model)
+        logger.info("QAT: %d Conv blocks get quantized SiLU activations; AMP and EMA off.", n)
+        trainer.amp = False
+        trainer.args.amp = False
+        trainer.scaler = torch.amp.GradScaler("cuda", enabled=False)
+        if trainer.ema is not None:
+            trainer.ema.ema = trainer.model
+            trainer.ema.enabled = False
+
+    def _history(self) -> list[dict[str, float]]:
+        rows = self.trainer.read_results_csv()
+        if not rows:
+            return []
+        out = []
+        for i in range(len(rows.get("epoch", []))):
+            row = {k: rows[k][i] for k in rows}
+            entry = {"epoch": int(row["epoch"])}
+            entry.update(_rename_metrics(row))
+            out.append(entry)
+        return out
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """mAP50 / mAP50-95 (box, and mask for segmentation), precision and recall on the
+        validation images, with Ultralytics' validator."""
+        trainer = self.trainer
+        validator = trainer.get_validator()
+        validator.args.plots = False
+        holder = trainer.ema
+        try:
+            if holder is not None:
+                saved = holder.ema
+                holder.ema = model
+            else:
+                saved = trainer.model
+                trainer.model = model
+            trainer.amp = False
+            results = validator(trainer)
+        finally:
+            if holder is not None:
+                holder.ema = saved
+            else:
+                trainer.model = saved
+        return _rename_metrics(results or {})
+
+    # --- export ------------------------------------------------------------------------------
+    def val_images(self, n: int = 16) -> torch.Tensor:
+        """Up to ``n`` validation images, letterboxed to the run's image size (N, 3, H, W)."""
+        from sparsify.export.detection import letterbox
+
+        if self.dataset is not None:
+            paths = [p for p, _ in self.dataset.val[:n]]
+        else:
+            from sparsify.data.yolo import IMG_EXTENSIONS
+
+            val = Path(str(self.trainer.data["val"]))
+            paths = sorted(p for p in val.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)[:n]
+        import numpy as np
+
+        return torch.from_numpy(np.stack([letterbox(p, self.image_size) for p in paths]))
+
+    def latency_inputs(self, batch: int) -> dict[str, Any]:
+        """ONNX Runtime inputs of ``batch`` images for the latency measurement."""
+        return {"images": self.val_images(1).repeat(batch, 1, 1, 1).numpy()}
+
+    def export(self, deploy_dir: Path, baseline_path: Path) -> dict[str, Any]:
+        """INT8 (when QAT ran) ONNX with raw, NMS-free outputs, checked against PyTorch."""
+        from sparsify.export.detection import export_yolo
+
+        return export_yolo(
+            model=self.model, baseline=self.baseline, val_images=self.val_images(16),
+            deploy_dir=deploy_dir, baseline_path=baseline_path, quantized=self.qat,
+            config={"task": self.plan.use_case.id, "ultralytics_task": self.task,
+                    "architecture": self.loaded.architecture,
+                    "class_names": list(self.class_names),
+                    "num_classes": len(self.class_names), "image_size": self.image_size})
+
+
+_METRIC_NAMES = {
+    "metrics/mAP50(B)": "map50", "metrics/mAP50-95(B)": "map50_95",
+    "metrics/precision(B)": "precision", "metrics/recall(B)": "recall",
+    "metrics/mAP50(M)": "mask_map50", "metrics/mAP50-95(M)": "mask_map50_95",
+    "metrics/precision(M)": "mask_precision", "metrics/recall(M)": "mask_recall",
+    "val/box_loss": "val_box_loss", "val/cls_loss": "val_cls_loss",
+    "val/seg_loss": "val_seg_loss", "val/dfl_loss": "val_dfl_loss",
+}
+
+
+def _rename_metrics(row: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, name in _METRIC_NAMES.items():
+        value = row.get(key)
+        if value is not None:
+            value = float(value)
+            if math.isfinite(value):
+                out[name] = value
+    return out
+
+
+def run_detection(plan: Plan, data: str, run_dir: Path) -> DetectionTask:
+    """Build the task (checks and stages the data, loads the model)."""
+    return DetectionTask(plan, data, run_dir)
