@@ -83,11 +83,12 @@ def list_command(use_case: str | None, debug: bool) -> None:
         from sparsify.zoo.local import sparsezoo_cache_index
         from sparsify.zoo.resolve import local_status
 
+        selected = _families(use_case)  # before any output: a bad use case prints only the error
         index = sparsezoo_cache_index()
         header = f"{'FAMILY':21s}{'TIER':9s}{'VARIANT':8s}{'SPARSITY':>9s}  {'LOCAL':10s}" \
                  f"{'RECIPE':31s}STUB"
         click.echo(header)
-        for family in _families(use_case):
+        for family in selected:
             for entry in entries(family):
                 status, _ = local_status(entry, index)
                 click.echo(f"{entry.family:21s}{entry.tier:9s}{entry.variant:8s}"

@@ -11,6 +11,7 @@ the same way (the tests rely on that); ``tqdm`` draws the progress bar when it i
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -103,7 +104,7 @@ def download_file(url: str, dest: Path, *, sha256: str | None = None, size: int 
         return dest
     except DownloadError:
         raise
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise DownloadError(f"Download of {url} failed: {reason}",
                             hint="Check the network (or go offline and register the model "
