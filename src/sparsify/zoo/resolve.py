@@ -280,7 +280,7 @@ def locate_local(spec: str) -> ResolvedModel | None:
     return resolved if resolved.path is not None else None
 
 
-def resolve_model_path(spec: str) -> Path | None:
+def resolve_model_path(spec: str, *, trust_remote_code: bool = False) -> Path | None:
     """A local file/folder for ``spec``; ``None`` when ``spec`` is a model name (not a path or
     stub) that a framework resolves itself.
 
@@ -291,6 +291,9 @@ def resolve_model_path(spec: str) -> Path | None:
     - a Hub id: the snapshot folder in the Hugging Face cache (downloaded when online);
       ``None`` when offline and not cached, so that the framework reports it its own way;
     - a torchvision / Ultralytics name: ``None`` (an Ultralytics file already cached: its path).
+
+    ``trust_remote_code`` also fetches a Hub repo's ``*.py`` files (for a loader that will run
+    them because the user asked it to).
 
     Raises:
         StubError: a malformed or unsafe stub.
@@ -304,10 +307,10 @@ def resolve_model_path(spec: str) -> Path | None:
                 logger.info("Model %s: offline and not in the Hugging Face cache; left to the "
                             "framework", spec)
                 return None
-            return resolve_model(spec).path
+            return resolve_model(spec, trust_remote_code=trust_remote_code).path
         local = locate_local(spec)
         return local.path if local is not None and local.origin == "ultralytics" else None
-    resolved = resolve_model(spec)
+    resolved = resolve_model(spec, trust_remote_code=trust_remote_code)
     if resolved.origin not in LOADABLE_ORIGINS:
         return None
     return resolved.path
