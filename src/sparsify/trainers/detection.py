@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,17 +54,6 @@ class DetectionTrainResult:
     epochs: int
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def configure_ultralytics_env(config_dir: Path | None = None) -> None:
-    """Environment for a quiet, offline-safe Ultralytics (effective before its first import).
-
-    ``YOLO_CONFIG_DIR`` (its settings file and fonts) and ``YOLO_OFFLINE`` are only set when the
-    user has not set them.
-    """
-    if config_dir is not None:
-        os.environ.setdefault("YOLO_CONFIG_DIR", str(config_dir))
-    os.environ.setdefault("YOLO_VERBOSE", "True")
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,7 +332,6 @@ class DetectionTask:
                 "names": dict(enumerate(self.dataset.names)), "nc": len(self.dataset.names),
                 "channels": 3,
             }
-        configure_ultralytics_env(run_dir / "logs" / "ultralytics")
         self.trainer = self._build_trainer(data_arg, prepared)
         names = self.trainer.data["names"]
         self.class_names = [names[i] for i in sorted(names)] if isinstance(names, dict) \
