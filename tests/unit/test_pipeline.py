@@ -17,9 +17,19 @@ def test_missing_extra_names_the_install_command(monkeypatch, tmp_path):
     assert "Traceback" not in result.output and not list(tmp_path.iterdir())
 
 
-def test_use_case_without_trainer_says_so_and_creates_nothing(tmp_path):
+def test_use_case_without_trainer_says_so_and_creates_nothing(monkeypatch, tmp_path):
+    from sparsify import trainers
+
+    monkeypatch.delitem(trainers.TRAINERS, "question_answering")
     result = CliRunner().invoke(cli, ["sparse-transfer", "--use-case", "qa", "--data", "x",
                                       "--working-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "Training for question_answering is not available in this version" in result.output
     assert "--dry-run" in result.output and not list(tmp_path.iterdir())
+
+
+def test_every_use_case_has_a_trainer():
+    from sparsify.trainers import TRAINERS
+    from sparsify.usecases import USE_CASES
+
+    assert {uc.family for uc in USE_CASES} <= set(TRAINERS)
