@@ -1,0 +1,196 @@
+"""NLP data: reading files, picking columns, labels, splits, and every malformed input as a
+clear DataError (exit code 1 through the CLI, no traceback, no run folder)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from sparsify.cli.main import cli
+from sparsify.data.synthetic_text import (
+    entity_rows, question_rows, sentiment_rows, write_csv, write_jsonl,
+)
+from sparsify.data.text import load_task_data, pick_split_files, read_rows
+from sparsify.errors import DataError
+
+pytest.importorskip("transformers")
+
+
+def run_cli(tmp_path, use_case, data):
+    work = tmp_path / "work"
+    result = CliRunner().invoke(cli, ["sparse-transfer", "--use-case", use_case, "--data",
+                                      str(data), "--model", str(tmp_path / "no-model"),
+                                      "--working-dir", str(work)])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert not work.exists() or not any(work.iterdir()), "a failed data check left a run folder"
+    return result.output
+
+
+# --- malformed inputs through the CLI ---------------------------------------------------------
+
+
+def test_missing_label_column(tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_text("review,stars\ngood film,5\nbad film,1\n")
+    out = run_cli(tmp_path, "sentiment", path)
+    assert "reviews.csv: no label column. Columns: review, stars" in out
+    assert '"label_column": "COLUMN"' in out
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("\n  \n")
+    assert "train.csv is empty" in run_cli(tmp_path, "text_classification", path)
+
+
+def test_header_only_file(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\n")
+    assert "train.csv holds no records" in run_cli(tmp_path, "text_classification", path)
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_bytes("text,label\ngood,1\ncaf\xe9 bad,0\n".encode("latin-1"))
+    out = run_cli(tmp_path, "sentiment", path)
+    assert "train.csv is not UTF-8 text" in out and "line 3" in out and "iconv" in out
+
+
+def test_validation_label_missing_from_training(tmp_path):
+    write_csv(tmp_path / "data" / "train.csv", sentiment_rows(20))
+    write_csv(tmp_path / "data" / "val.csv",
+              [{"text": "it was fine", "label": "positive"}, {"text": "meh", "label": "neutral"}])
+    out = run_cli(tmp_path, "sentiment", tmp_path / "data")
+    assert "val.csv, line 3: label 'neutral' does not occur in the training data" in out
+    assert "negative, positive" in out
+
+
+def test_answer_span_outside_context(tmp_path):
+    rows = question_rows(4)
+    rows[2]["answers"]["answer_start"] = [len(rows[2]["context"])]
+    write_jsonl(tmp_path / "qa.jsonl", rows)
+    out = run_cli(tmp_path, "qa", tmp_path / "qa.jsonl")
+    assert "qa.jsonl, line 3: answer" in out and "lies outside its context" in out
+
+
+def test_answer_not_matching_context(tmp_path):
+    rows = question_rows(4)
+    rows[1]["answers"]["answer_start"] = [0]
+    write_jsonl(tmp_path / "qa.jsonl", rows)
+    out = run_cli(tmp_path, "qa", tmp_path / "qa.jsonl")
+    assert "qa.jsonl, line 2: answer" in out and "does not match the context at 0" in out
+
+
+def test_qa_missing_column(tmp_path):
+    write_jsonl(tmp_path / "qa.jsonl", [{"question": "q?", "context": "c"}] * 3)
+    out = run_cli(tmp_path, "qa", tmp_path / "qa.jsonl")
+    assert "no 'answers' column" in out and "SQuAD layout" in out
+
+
+def test_tags_of_another_length(tmp_path):
+    rows = entity_rows(6)
+    rows[4]["ner_tags"] = rows[4]["ner_tags"][:-1]
+    write_jsonl(tmp_path / "ner.jsonl", rows)
+    out = run_cli(tmp_path, "ner", tmp_path / "ner.jsonl")
+    assert "ner.jsonl, line 5:" in out and "tags in 'ner_tags'" in out
+
+
+def test_tokens_as_a_string(tmp_path):
+    write_jsonl(tmp_path / "ner.jsonl", [{"tokens": "John lives here", "ner_tags": ["B-PER"]}] * 4)
+    out = run_cli(tmp_path, "ner", tmp_path / "ner.jsonl")
+    assert "'tokens' must be a non-empty list of words" in out
+
+
+def test_bad_json_line(tmp_path):
+    path = tmp_path / "ner.jsonl"
+    path.write_text(json.dumps(entity_rows(1)[0]) + "\n{not json\n")
+    out = run_cli(tmp_path, "ner", path)
+    assert "ner.jsonl, line 2: invalid JSON" in out
+
+
+def test_csv_row_with_extra_fields(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\ngood,positive\nbad, really bad,negative\n")
+    out = run_cli(tmp_path, "sentiment", path)
+    assert "train.csv, line 3: 3 fields, the header has 2" in out
+
+
+def test_empty_text(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\ngood,positive\n,negative\nbad,negative\n")
+    assert "line 3: the text ('text') is empty" in run_cli(tmp_path, "sentiment", path)
+
+
+def test_missing_data_path_and_unknown_dataset_offline(tmp_path, monkeypatch):
+    out = run_cli(tmp_path, "sentiment", tmp_path / "nope.csv")
+    assert "nope.csv' does not exist" in out
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    out = run_cli(tmp_path, "sentiment", "surely_not_a_cached_dataset_xyz")
+    assert "Could not load the dataset 'surely_not_a_cached_dataset_xyz'" in out
+    assert "--data ./train.csv" in out
+
+
+def test_single_label(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\ngood,positive\nfine,positive\nnice,positive\n")
+    assert "has only one label" in run_cli(tmp_path, "sentiment", path)
+
+
+# --- reading and checking ---------------------------------------------------------------------
+
+
+def test_folder_files_are_picked_by_name(tmp_path):
+    for name in ("train.jsonl", "dev.jsonl", "test.jsonl"):
+        (tmp_path / name).write_text("{}\n")
+    train, val = pick_split_files(tmp_path)
+    assert (train.name, val.name) == ("train.jsonl", "dev.jsonl")
+    (tmp_path / "validation.jsonl").write_text("{}\n")
+    with pytest.raises(DataError, match="2 validation files"):
+        pick_split_files(tmp_path)
+
+
+def test_squad_nested_json_is_flattened(tmp_path):
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"data": [{"paragraphs": [{"context": "Ann lives in Rome.", "qas": [
+        {"id": "a", "question": "Where?", "answers": [{"text": "Rome", "answer_start": 13}]}]}]}]}))
+    rows = read_rows(path)
+    assert rows[0].values["answers"] == {"text": ["Rome"], "answer_start": [13]}
+    assert "paragraphs[0].qas[0]" in rows[0].where
+
+
+def test_split_is_seeded_stratified_and_recorded(tmp_path):
+    write_csv(tmp_path / "r.csv", sentiment_rows(50))
+    kw = {"val_fraction": 0.2}
+    a = load_task_data(str(tmp_path / "r.csv"), "text_classification", kw, 7, tmp_path / "s.json")
+    b = load_task_data(str(tmp_path / "r.csv"), "text_classification", kw, 7, None)
+    assert a.val == b.val and len(a.val) == 10 and len(a.train) == 40
+    assert sorted(e["label"] for e in a.val) == [0] * 5 + [1] * 5
+    record = json.loads((tmp_path / "s.json").read_text())
+    assert record["seed"] == 7 and len(record["val_row_indices"]) == 10
+
+
+def test_text_pairs_and_explicit_columns(tmp_path):
+    rows = [{"premise": f"p{i}", "hypothesis": f"h{i}", "gold": ["yes", "no"][i % 2]}
+            for i in range(10)]
+    write_csv(tmp_path / "pairs.csv", rows)
+    data = load_task_data(str(tmp_path / "pairs.csv"), "text_classification",
+                          {"label_column": "gold"}, 0)
+    assert data.text_column == "premise" and data.pair_column == "hypothesis"
+    assert data.label_names == ["no", "yes"]
+    assert {"text", "text_pair", "label"} == set(data.train[0])
+
+
+def test_integer_labels_keep_their_ids(tmp_path):
+    write_csv(tmp_path / "t.csv", [{"sentence": f"s{i}", "label": i % 3} for i in range(12)])
+    data = load_task_data(str(tmp_path / "t.csv"), "text_classification", {}, 0)
+    assert data.label_names == ["0", "1", "2"]
+    assert all(e["label"] == int(e["text"][1:]) % 3 for e in data.train + data.val)
+
+
+def test_string_tags_sorted_with_o_first(tmp_path):
+    write_jsonl(tmp_path / "n.jsonl", entity_rows(30))
+    data = load_task_data(str(tmp_path / "n.jsonl"), "token_classification", {}, 0)
+    assert data.label_names[0] == "O" and data.label_names[1:] == sorted(data.label_names[1:])
