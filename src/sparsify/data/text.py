@@ -247,7 +247,7 @@ def load_hub_dataset(spec: str) -> RawSplits:
         name, config = "nyu-mll/glue", spec.split("/", 1)[1].lower()
     try:
         dsd = datasets.load_dataset(name, config)
-    except Exception as exc:  # datasets raises many kinds: connection, not found, config
+    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds: connection, not found, config
         raise DataError(
             f"Could not load the dataset '{spec}' from the Hugging Face Hub or its cache: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
