@@ -148,12 +148,18 @@ def _quiet_transformers() -> Any:
 def _reinit_head_(model: nn.Module) -> None:
     """A fresh classification head (when the labels differ from the checkpoint's, even if
     their number is the same)."""
+    std = float(getattr(model.config, "initializer_range", 0.02))
     for name in HEAD_NAMES:
         head = getattr(model, name, None)
         if isinstance(head, nn.Module):
-            for module in head.modules():
-                if hasattr(module, "reset_parameters"):
-                    model._init_weights(module)  # the architecture's own initialisation
+            # BERT-style initialisation, done here: transformers 5's _init_weights skips
+            # modules it already initialised while loading
+            with torch.no_grad():
+                for module in head.modules():
+                    if isinstance(module, nn.Linear):
+                        module.weight.normal_(0.0, std)
+                        if module.bias is not None:
+                            module.bias.zero_()
             logger.info("Classification head '%s' initialised for the new labels", name)
 
 
