@@ -194,3 +194,28 @@ def test_string_tags_sorted_with_o_first(tmp_path):
     write_jsonl(tmp_path / "n.jsonl", entity_rows(30))
     data = load_task_data(str(tmp_path / "n.jsonl"), "token_classification", {}, 0)
     assert data.label_names[0] == "O" and data.label_names[1:] == sorted(data.label_names[1:])
+
+
+def test_hub_dataset_glue_name_and_classlabel_names(monkeypatch):
+    import datasets
+
+    calls = []
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"]),
+                                  "idx": datasets.Value("int32")})
+
+    def fake_load(name, config=None):
+        calls.append((name, config))
+        rows = {"sentence": ["good", "bad", "great", "awful"], "label": [1, 0, 1, 0],
+                "idx": [0, 1, 2, 3]}
+        test = {**rows, "label": [-1] * 4}
+        return datasets.DatasetDict({
+            "train": datasets.Dataset.from_dict(rows, features=features),
+            "validation": datasets.Dataset.from_dict(rows, features=features),
+            "test": datasets.Dataset.from_dict(test, features=features)})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    data = load_task_data("sst2", "text_classification", {}, 0)
+    assert calls == [("nyu-mll/glue", "sst2")]
+    assert data.label_names == ["negative", "positive"]  # the ClassLabel names, in id order
+    assert [e["label"] for e in data.val] == [1, 0, 1, 0] and data.text_column == "sentence"
