@@ -111,8 +111,10 @@ def test_sentiment_from_one_csv(workspace):
 
 
 def test_text_pair_classification_from_folder(workspace):
-    run, _ = run_cli(workspace, "text_classification", "topics")
+    run, _ = run_cli(workspace, "text_classification", "topics", "--teacher", "self")
     check_run(run, "accuracy")
+    log = (run / "run.log").read_text()
+    assert "DistillationModifier disabled" not in log  # the frozen copy taught through the loss
     config = json.loads((run / "deployment/config.json").read_text())
     assert list(config["id2label"].values()) == ["food", "sports", "tech"]
     assert not (run / "data_split.json").exists()  # dev.csv was the validation file
