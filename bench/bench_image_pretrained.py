@@ -109,12 +109,13 @@ def check_imagenet_weights(checkpoint: Path) -> list[str]:
     return out
 
 
-def run(name: str, level: str, data: Path, model: Path, out: Path, args) -> tuple[dict, float]:
+def run(name: str, level: str, data: Path, model: Path, out: Path, args
+        ) -> tuple[dict, float, Path]:
     work = out / name
     done = sorted(work.glob("sparse_transfer_*/metrics.yaml"))
     if args.reuse and done:  # a finished run of an earlier invocation (same arguments assumed)
         print(f"reusing {done[-1]}", flush=True)
-        return yaml.safe_load(done[-1].read_text()), float("nan")
+        return yaml.safe_load(done[-1].read_text()), float("nan"), done[-1].parent
     cmd = [str(Path(sys.executable).parent / "sparsify.run"), "sparse-transfer",
            "--use-case", "image_classification", "--data", str(data), "--model", str(model),
            "--optim-level", level, "--recipe-args", json.dumps({"num_epochs": args.epochs}),
@@ -125,10 +126,40 @@ def run(name: str, level: str, data: Path, model: Path, out: Path, args) -> tupl
     subprocess.run(cmd, check=True)
     seconds = time.time() - start
     run_dir = sorted(work.glob("sparse_transfer_*"))[-1]
-    return yaml.safe_load((run_dir / "metrics.yaml").read_text()), seconds
+    return yaml.safe_load((run_dir / "metrics.yaml").read_text()), seconds, run_dir
 
 
-def table(results: dict[str, tuple[dict, float]]) -> str:
+def interleaved_latency(runs: dict[str, Path], image_size: int, repeats: int = 30
+                        ) -> dict[str, dict[int, float]]:
+    """Median ONNX Runtime latency (ms) of each run's deployment/model.onnx, the models timed
+    in turn within each repetition, so load from other processes hits them alike."""
+    import onnxruntime as ort
+
+    sessions = {}
+    for key, run_dir in runs.items():
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        sessions[key] = ort.InferenceSession(str(run_dir / "deployment" / "model.onnx"), opts,
+                                             providers=["CPUExecutionProvider"])
+    out: dict[str, dict[int, float]] = {key: {} for key in runs}
+    for batch in (1, 32):
+        x = np.random.default_rng(0).standard_normal((batch, 3, image_size, image_size),
+                                                     dtype=np.float32)
+        times: dict[str, list[float]] = {key: [] for key in runs}
+        for i in range(repeats + 3):
+            for key, sess in sessions.items():
+                feed = {sess.get_inputs()[0].name: x}
+                start = time.perf_counter()
+                sess.run(None, feed)
+                if i >= 3:
+                    times[key].append((time.perf_counter() - start) * 1000)
+        for key in runs:
+            out[key][batch] = float(np.median(times[key]))
+    return out
+
+
+def table(results: dict[str, tuple[dict, float, Path]], inter: dict[str, dict[int, float]]
+          ) -> str:
     names = {"dense": "pretrained, dense FP32 (level 0.0)",
              "sparse": "pretrained, pruned + INT8 (level 0.5)",
              "scratch": "random init, dense FP32 (level 0.0)"}
@@ -152,6 +183,11 @@ def table(results: dict[str, tuple[dict, float]]) -> str:
                          lambda k: f"{m[k]['latency_onnxruntime_cpu'][key]['model_ms']:.2f}"))
         lines.append(row(f"speedup vs dense FP32 export, {label}",
                          lambda k: f"{m[k]['latency_onnxruntime_cpu'][key]['speedup']:.2f}x"))
+    for batch in (1, 32):
+        lines.append(row(f"interleaved re-measurement, batch {batch} (ms)",
+                         lambda k: f"{inter[k][batch]:.2f}"))
+        lines.append(row(f"interleaved speedup vs pretrained dense model, batch {batch}",
+                         lambda k: f"{inter['dense'][batch] / inter[k][batch]:.2f}x"))
     lines.append(row("training time (s)", lambda k: f"{m[k]['train_seconds']:.0f}"))
     lines.append(row("wall time of the CLI run (s)",
                      lambda k: "reused" if math.isnan(results[k][1]) else f"{results[k][1]:.0f}"))
@@ -192,6 +228,7 @@ def main() -> None:
         torch.save({"state_dict": build_arch(ARCH, 10).state_dict(), "arch_key": ARCH}, scratch)
         results["scratch"] = run("scratch_level_0.0", "0.0", data, scratch, args.out, args)
 
+    inter = interleaved_latency({k: v[2] for k, v in results.items()}, args.image_size)
     command = ("python bench/bench_image_pretrained.py --out OUT --epochs "
                f"{args.epochs} --image-size {args.image_size} --train-per-class "
                f"{args.train_per_class} --val-per-class {args.val_per_class}"
@@ -207,7 +244,7 @@ def main() -> None:
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads; total "
         f"{time.time() - start:.0f} s.",
         "",
-        table(results),
+        table(results, inter),
         "",
     ])
     print(report)
