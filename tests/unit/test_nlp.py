@@ -156,3 +156,38 @@ def test_teacher_with_another_vocabulary_is_refused(tiny, tmp_path):
     check_same_vocabulary(tok, transformers.AutoTokenizer.from_pretrained(tiny), "same")
     with pytest.raises(UsageError, match="another vocabulary"):
         check_same_vocabulary(tok, other, "teacher-x")
+
+
+def test_left_padding_tokenizer_keeps_labels_aligned(tiny):
+    from sparsify.trainers.nlp import NLPTask, tokenize_token_classification
+
+    tok = transformers.AutoTokenizer.from_pretrained(tiny)
+    tok.padding_side = "left"
+    feats = tokenize_token_classification(tok, [{"tokens": ["Alice"], "tags": [1]},
+                                                {"tokens": ["Alice", "lives", "in"],
+                                                 "tags": [1, 0, 0]}], 32)
+    task = NLPTask.__new__(NLPTask)
+    task.tokenizer, task.family, task.train_features = tok, "token_classification", feats
+    batch = task.collate(feats)
+    assert batch["input_ids"][0, -1] == tok.pad_token_id  # padded on the right all the same
+    assert batch["labels"][0].tolist()[:3] == [-100, 1, -100]
+
+
+def test_long_question_is_a_data_error(tiny):
+    from sparsify.errors import DataError
+    from sparsify.trainers.nlp import tokenize_question_answering
+
+    tok = transformers.AutoTokenizer.from_pretrained(tiny)
+    example = {"id": "x", "question": " ".join(["where"] * 40) + "?", "context": "Ann lives here.",
+               "answers": {"text": ["here"], "answer_start": [10]}}
+    with pytest.raises(DataError, match="max_seq_length 24"):
+        tokenize_question_answering(tok, [example], 24, 8, train=True)
+
+
+def test_generic_and_case_different_label_names_keep_the_head():
+    from sparsify.trainers.nlp import _same_labels
+
+    assert _same_labels(["LABEL_0", "LABEL_1"], ["neg", "pos"])
+    assert _same_labels(["NEGATIVE", "POSITIVE"], ["negative", "positive"])
+    assert not _same_labels(["positive", "negative"], ["negative", "positive"])
+    assert not _same_labels(["a", "b"], ["a", "b", "c"])

@@ -219,3 +219,54 @@ def test_hub_dataset_glue_name_and_classlabel_names(monkeypatch):
     assert calls == [("nyu-mll/glue", "sst2")]
     assert data.label_names == ["negative", "positive"]  # the ClassLabel names, in id order
     assert [e["label"] for e in data.val] == [1, 0, 1, 0] and data.text_column == "sentence"
+
+
+def test_question_sentence_pairs_are_pairs(tmp_path):
+    rows = [{"question": f"q{i}?", "sentence": f"s{i}", "label": ["entailment",
+             "not_entailment"][i % 2]} for i in range(10)]
+    write_csv(tmp_path / "qnli.csv", rows)
+    data = load_task_data(str(tmp_path / "qnli.csv"), "text_classification", {}, 0)
+    assert (data.text_column, data.pair_column) == ("question", "sentence")
+
+
+def test_tsv_has_no_quoting_and_unicode_separators_stay_in_the_text(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_text('text\tlabel\n"Good" movie\tpos\nhello\u2028world\tneg\nok\tpos\n',
+                    encoding="utf-8")
+    rows = read_rows(path)
+    assert [r.values["text"] for r in rows] == ['"Good" movie', "hello\u2028world", "ok"]
+    assert [r.where.rsplit(" ", 1)[1] for r in rows] == ["2", "3", "4"]
+
+
+def test_regression_labels_are_refused(tmp_path):
+    write_csv(tmp_path / "stsb.csv", [{"sentence1": "a", "sentence2": "b", "label": 1.5},
+                                      {"sentence1": "c", "sentence2": "d", "label": 2.0}] * 3)
+    with pytest.raises(DataError, match="regression"):
+        load_task_data(str(tmp_path / "stsb.csv"), "text_classification", {}, 0)
+
+
+def test_split_always_leaves_training_rows(tmp_path):
+    write_csv(tmp_path / "r.csv", sentiment_rows(4))
+    data = load_task_data(str(tmp_path / "r.csv"), "text_classification",
+                          {"val_fraction": 0.9}, 0)
+    assert len(data.train) == 2 and len(data.val) == 2
+
+
+def test_unseen_tag_after_automatic_split_says_so(tmp_path):
+    rows = entity_rows(12)
+    rows[5] = {"tokens": ["Rare"], "ner_tags": ["B-MISC"]}
+    write_jsonl(tmp_path / "n.jsonl", rows)
+    for seed in range(40):
+        try:
+            load_task_data(str(tmp_path / "n.jsonl"), "token_classification", {}, seed)
+        except DataError as exc:
+            assert "split off the training file" in exc.hint
+            break
+    else:
+        pytest.fail("no seed put the only B-MISC row into validation")
+
+
+def test_eval_metric_loss_is_refused_for_nlp(tmp_path):
+    result = CliRunner().invoke(cli, ["sparse-transfer", "--use-case", "qa", "--data", "x",
+                                      "--eval-metric", "loss", "--dry-run"])
+    assert result.exit_code == 2 and "f1" in result.output and "exact_match" in result.output

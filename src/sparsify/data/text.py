@@ -21,6 +21,7 @@ Pure Python apart from ``datasets`` for Hub data: no torch.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import random
@@ -71,6 +72,8 @@ class RawSplits:
     source: str
     val_source: str
     label_names: dict[str, list[str]] = field(default_factory=dict)  # Hub ClassLabel names
+    text_columns: tuple[str, str | None] | None = None  # known text (+ pair) columns (GLUE)
+    auto_split: bool = False  # the validation rows were split off the training data here
 
 
 # --- reading files ---------------------------------------------------------------------------
@@ -107,8 +110,11 @@ def read_rows(path: Path) -> list[Row]:
     suffix = path.suffix.lower()
     rows: list[Row] = []
     if suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(text.splitlines(keepends=True),
-                                delimiter="\t" if suffix == ".tsv" else ",")
+        # newline="": only \n / \r\n end a record (str.splitlines would also split at
+        # U+2028 and other separators inside a text); TSV has no quoting (as GLUE's files)
+        tsv = suffix == ".tsv"
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",",
+                                quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
         if not reader.fieldnames or not any(f and f.strip() for f in reader.fieldnames):
             raise DataError(f"{path} has no header row.",
                             hint="The first line must name the columns, e.g. text,label.")
@@ -272,7 +278,8 @@ def load_hub_dataset(spec: str) -> RawSplits:
         return [Row(r, f"{spec}[{split}] row {i}") for i, r in enumerate(dsd[split])]
 
     return RawSplits(rows("train"), rows(val_name) if val_name else [], f"hub:{spec}",
-                     f"hub:{spec}[{val_name}]" if val_name else "", names)
+                     f"hub:{spec}[{val_name}]" if val_name else "", names,
+                     GLUE_TASKS[config][:2] if config else None)
 
 
 def load_raw_splits(data: str) -> RawSplits:
@@ -316,7 +323,8 @@ def split_rows(rows: list[Row], val_fraction: float, seed: int,
     for key in sorted(groups, key=str):
         members = groups[key]
         rng.shuffle(members)
-        take = max(1, round(len(members) * val_fraction)) if len(members) > 1 else 0
+        # at least one validation row per key, and always one left for training
+        take = min(max(1, round(len(members) * val_fraction)), len(members) - 1)
         val_idx.extend(members[:take])
     if not val_idx:
         val_idx = [rng.randrange(len(rows))]
@@ -367,6 +375,14 @@ def _is_text(value: Any) -> bool:
     return isinstance(value, str)
 
 
+def _unseen_hint(raw: RawSplits) -> str:
+    if raw.auto_split:
+        return ("The validation rows were split off the training file (--seed, val_fraction) "
+                "and every row with it went to validation: add more rows with it, or give a "
+                "separate validation file.")
+    return "Fix it, or add training rows with it."
+
+
 def check_text_classification(raw: RawSplits, kw: dict[str, Any]) -> TextClassificationData:
     """Find the text / pair / label columns and map labels to ids (sorted names).
 
@@ -380,10 +396,13 @@ def check_text_classification(raw: RawSplits, kw: dict[str, Any]) -> TextClassif
     if label_col not in cols:
         raise _missing_column(rows, "label", [label_col], "label_column")
     text_col, pair_col = kw.get("text_column"), kw.get("text_pair_column")
+    if text_col is None and raw.text_columns is not None:
+        text_col, pair_col = raw.text_columns[0], pair_col or raw.text_columns[1]
     if text_col is None:
-        for a, b in (("text", None), ("sentence", None), ("sentence1", "sentence2"),
-                     ("premise", "hypothesis"), ("question1", "question2"),
-                     ("question", "sentence")):
+        # pairs first: a file with question + sentence is a pair task, not "sentence" alone
+        for a, b in (("sentence1", "sentence2"), ("premise", "hypothesis"),
+                     ("question1", "question2"), ("question", "sentence"), ("text", None),
+                     ("sentence", None)):
             if a in cols and (b is None or b in cols):
                 text_col, pair_col = a, pair_col or b
                 break
@@ -410,9 +429,20 @@ def check_text_classification(raw: RawSplits, kw: dict[str, Any]) -> TextClassif
             if value < 0:
                 raise DataError(f"{row.where}: label {value} (unlabeled split).")
             return hub_names[value]
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise DataError(f"{row.where}: label {value} is not a class: regression "
+                                "(e.g. GLUE stsb) is not supported.",
+                                hint="Use class labels (strings or integers).")
             value = int(value)
-        return str(value).strip()
+        text = str(value).strip()
+        if re.fullmatch(r"-?\d+\.0*", text):  # "2.0" in a CSV is the class 2
+            text = text.split(".")[0]
+        elif re.fullmatch(r"-?\d*\.\d+", text):
+            raise DataError(f"{row.where}: label {text} is not a class: regression "
+                            "(e.g. GLUE stsb) is not supported.",
+                            hint="Use class labels (strings or integers).")
+        return text
 
     def text_of(row: Row, col: str) -> str:
         value = row.values.get(col)
@@ -439,8 +469,7 @@ def check_text_classification(raw: RawSplits, kw: dict[str, Any]) -> TextClassif
             label = labels[i] if labels is not None else label_of(row)
             if label not in index:
                 raise DataError(f"{row.where}: label {label!r} does not occur in the training "
-                                f"data ({', '.join(names)}).",
-                                hint="Fix the label, or add training rows with it.")
+                                f"data ({', '.join(names)}).", hint=_unseen_hint(raw))
             ex = {"text": text_of(row, text_col), "label": index[label]}
             if pair_col:
                 ex["text_pair"] = text_of(row, pair_col)
@@ -518,8 +547,7 @@ def check_token_classification(raw: RawSplits, kw: dict[str, Any]) -> TokenClass
             unknown = [t for t in tags if t not in index]
             if unknown:
                 raise DataError(f"{row.where}: tag {unknown[0]!r} does not occur in the "
-                                f"training data ({', '.join(names)}).",
-                                hint="Fix the tag, or add training rows with it.")
+                                f"training data ({', '.join(names)}).", hint=_unseen_hint(raw))
             out.append({"tokens": tokens, "tags": [index[t] for t in tags]})
         return out
 
@@ -612,6 +640,7 @@ def load_task_data(data: str, family: str, kw: dict[str, Any], seed: int,
             stratify = [str(r.values.get(label_col)) for r in raw.train]
         n = len(raw.train)
         raw.train, raw.val, val_idx = split_rows(raw.train, fraction, seed, stratify)
+        raw.auto_split = True
         if split_record is not None:
             write_split_record(split_record, raw.source, val_idx, seed, fraction, n)
         logger.info("No validation data: %d of %d rows of %s held out (seed %d)", len(val_idx),

@@ -105,7 +105,7 @@ def export_transformer(task: Any, deploy_dir: Path, baseline_path: Path) -> dict
         raise ExportError(
             f"The ONNX model's {metric} on the validation set is {onnx_metrics[metric]:.4f}, "
             f"PyTorch's {torch_metrics[metric]:.4f}: {gap:.2f} points apart (allowed "
-            f"{METRIC_TOLERANCE_POINTS}).",
+            f"{METRIC_TOLERANCE_POINTS}) over {len(task.data.val)} validation examples.",
             hint="Run with --debug; the QAT scheme may not match what ONNX Runtime computes.")
     counts = optimized_graph_op_counts(model_path)
     kernels = integer_kernel_count(counts)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
-from sparsify.errors import ModelNotFoundError, UsageError
+from sparsify.errors import DataError, ModelNotFoundError, TrainingError, UsageError
 from sparsify.plan import Plan
 from sparsify.trainers.common import prunable_sparsity, resolve_device, seed_everything
 from sparsify.trainers.image_classification import TrainResult
@@ -115,7 +115,7 @@ def load_nlp_model(choice: Any, family: str, label_names: list[str] | None,
                                         (getattr(config, "id2label", None) or {}).items())]
         own_head = any(a.endswith(TASKS[family][0].replace("AutoModelFor", "For"))
                        for a in (config.architectures or []))
-        replaced = not (own_head and old == list(label_names))
+        replaced = not (own_head and _same_labels(old, list(label_names)))
         kwargs.update(num_labels=len(label_names),
                       id2label=dict(enumerate(label_names)),
                       label2id={n: i for i, n in enumerate(label_names)})
@@ -130,6 +130,15 @@ def load_nlp_model(choice: Any, family: str, label_names: list[str] | None,
     if replaced and label_names is not None:
         _reinit_head_(model)
     return model, tokenizer, description, replaced
+
+
+def _same_labels(old: list[str], new: list[str]) -> bool:
+    """Whether a checkpoint's head predicts ``new``: the same names in the same order (case
+    ignored), or transformers' generic ``LABEL_i`` names for as many labels."""
+    if len(old) != len(new):
+        return False
+    generic = all(name == f"LABEL_{i}" for i, name in enumerate(old))
+    return generic or [n.lower() for n in old] == [n.lower() for n in new]
 
 
 @contextlib.contextmanager
@@ -172,6 +181,15 @@ def check_same_vocabulary(student_tok: Any, teacher_tok: Any, teacher_spec: str)
             "read the same token ids.",
             hint="Use a teacher of the same model family (same tokenizer), --teacher self, or "
                  "--teacher disable.")
+
+
+def _max_positions(config: Any) -> int:
+    """The longest input the model's position embeddings take (RoBERTa-style models reserve
+    two positions for the padding offset)."""
+    n = int(getattr(config, "max_position_embeddings", 10**6) or 10**6)
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
+        n -= 2
+    return n
 
 
 # --- features --------------------------------------------------------------------------------
@@ -220,9 +238,18 @@ def tokenize_question_answering(tok: Any, examples: list[dict[str, Any]], max_le
     pad_right = tok.padding_side == "right"
     questions = [e["question"] for e in examples]
     contexts = [e["context"] for e in examples]
-    enc = tok(questions if pad_right else contexts, contexts if pad_right else questions,
-              truncation="only_second" if pad_right else "only_first", max_length=max_len,
-              stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True)
+    try:
+        enc = tok(questions if pad_right else contexts, contexts if pad_right else questions,
+                  truncation="only_second" if pad_right else "only_first", max_length=max_len,
+                  stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True)
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception
+        longest = max(range(len(questions)), key=lambda i: len(tok.tokenize(questions[i])))
+        raise DataError(
+            f"Cannot fit question and context into max_seq_length {max_len} with doc_stride "
+            f"{stride}: {exc}. The longest question (example {longest}) has "
+            f"{len(tok.tokenize(questions[longest]))} tokens.",
+            hint="Raise --train-kwargs max_seq_length, lower doc_stride, or shorten the "
+                 "questions.") from None
     context_index = 1 if pad_right else 0
     out = []
     for i in range(len(enc["input_ids"])):
@@ -280,7 +307,8 @@ class NLPTask:
         self.model, self.tokenizer, self.source, self.head_replaced = load_nlp_model(
             plan.model, self.family, self.label_names, bool(kw.get("trust_remote_code", False)))
         self.max_len = int(kw.get("max_seq_length", DEFAULT_MAX_SEQ_LENGTH[self.family]))
-        self.max_len = min(self.max_len, int(getattr(self.tokenizer, "model_max_length", 10**6)))
+        self.max_len = min(self.max_len, int(getattr(self.tokenizer, "model_max_length", 10**6)),
+                           _max_positions(self.model.config))
         self.stride = int(kw.get("doc_stride", min(128, self.max_len // 3)))
         if self.family == "question_answering" and self.stride >= self.max_len // 2:
             raise UsageError(f"--train-kwargs doc_stride {self.stride} must be below half of "
@@ -331,7 +359,9 @@ class NLPTask:
     def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Pad a list of features to the longest; labels padded with -100."""
         inputs = [{k: f[k] for k in self.input_names} for f in items]
-        batch = self.tokenizer.pad(inputs, padding=True, return_tensors="pt")
+        # right padding always: labels, answer positions and output slices index from the left
+        batch = self.tokenizer.pad(inputs, padding=True, return_tensors="pt",
+                                   padding_side="right")
         batch = {k: v for k, v in batch.items() if k in self.input_names}
         if items and "labels" in items[0]:
             if self.family == "token_classification":
@@ -373,7 +403,7 @@ class NLPTask:
                                             / int(kw.get("batch_size", 16)) / 4)),
             report_to=["tensorboard"],
             use_cpu=device.type == "cpu",
-            bf16=bf16,
+            bf16=False,  # autocast is ours (compute_loss): off while QAT runs
             seed=plan.seed,
             data_seed=plan.seed,
             dataloader_num_workers=int(kw.get("num_workers", 0)),
@@ -385,6 +415,7 @@ class NLPTask:
         with _tensorboard_dir(self.run_dir / "logs"):
             trainer = _LifecycleTrainer(
                 lifecycle=lifecycle, keep_lr=lifecycle.controls_lr, label_keys=self.label_keys,
+                bf16=bf16,
                 model=self.model, args=args,
                 train_dataset=_Features(self.train_features, keys),
                 data_collator=self.collate, callbacks=[callback],
@@ -454,6 +485,7 @@ class NLPTask:
         """``batch`` copies of the first validation feature, padded to ``length``."""
         feature = {k: self.val_features[0][k] for k in self.input_names}
         padded = self.tokenizer.pad([feature] * batch, padding="max_length" if length else True,
+                                    padding_side="right",
                                     max_length=length, return_tensors="np")
         return {k: padded[k].astype(np.int64) for k in self.input_names}
 
@@ -495,9 +527,10 @@ class _LifecycleTrainer(Trainer):
     stands aside when the recipe sets the LR."""
 
     def __init__(self, *args: Any, lifecycle: Any, keep_lr: bool, label_keys: tuple[str, ...],
-                 **kwargs: Any) -> None:
+                 bf16: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lifecycle, self._keep_lr, self._label_keys = lifecycle, keep_lr, label_keys
+        self._bf16 = bf16
         # our loss is a per-batch mean: let the Trainer divide it by the accumulation steps
         self.model_accepts_loss_kwargs = False
 
@@ -510,13 +543,19 @@ class _LifecycleTrainer(Trainer):
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
-        qat_on_gpu = self._lifecycle.qat_active and self.args.device.type == "cuda"
-        context = (torch.autocast("cuda", enabled=False) if qat_on_gpu
+        # bf16 autocast on GPU, but not while QAT runs: the Trainer's own mixed precision
+        # would wrap the forward in an autocast that no inner context can switch off
+        use_bf16 = self._bf16 and not self._lifecycle.qat_active
+        context = (torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16
                    else contextlib.nullcontext())
-        with context:  # no mixed precision while QAT runs
+        with context:
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
             features = {k: v for k, v in inputs.items() if k not in self._label_keys}
             loss = self._lifecycle.loss_calculated(loss, features, outputs)
+        if not torch.isfinite(loss.detach()):
+            raise TrainingError(
+                f"The loss became {float(loss)} at epoch {self._lifecycle.epoch:.2f}.",
+                hint="Lower the learning rate (--recipe-args init_lr=...) or check the data.")
         return (loss, outputs) if return_outputs else loss
 
 
@@ -586,6 +625,7 @@ class _LifecycleCallback(TrainerCallback):
         (tmp / "trainer_state.json").write_text(json.dumps({
             "epoch": epoch, "metrics": metrics, "qat": self.lifecycle.qat_active}, indent=1))
         old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)  # left over by a crash between the renames
         if folder.exists():
             folder.rename(old)
         tmp.rename(folder)
