@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Ultralytics must never pip-install anything during the tests (read once, when imported).
+os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 
 
 @pytest.fixture(autouse=True)

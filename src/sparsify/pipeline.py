@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,10 @@ def load_task_builder(plan: Plan) -> Any:
         SparsifyError: the use case has no trainer in this version (exit code 1).
     """
     uc = plan.use_case
+    if "ultralytics" in FAMILY_MODULES.get(uc.family, ()):
+        # Ultralytics pip-installs missing optional packages into the running environment
+        # unless told not to (its env var is read once, at import): a run must not change it.
+        os.environ.setdefault("YOLO_AUTOINSTALL", "false")
     for module in ("torch", "onnx", "onnxruntime", "accelerate"):
         _require(module, uc.extra, f"Training for {uc.id}")
     target = TRAINERS.get(uc.family)

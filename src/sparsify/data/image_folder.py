@@ -26,6 +26,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -46,6 +47,15 @@ from sparsify.errors import DataError
 from sparsify.rundir import write_text_atomic
 
 logger = logging.getLogger(__name__)
+
+def open_image(path: Path) -> Image.Image:
+    """``PIL.Image.open`` as Pillow defines it. Ultralytics, once imported, replaces
+    ``Image.open`` with a version that tries to pip-install a HEIF plugin whenever Pillow cannot
+    identify a file; a broken image must be reported as broken, not as a missing package."""
+    patches = sys.modules.get("ultralytics.utils.patches")
+    original = getattr(patches, "_image_open", None) if patches is not None else None
+    return (original or Image.open)(path)
+
 
 # The extensions torchvision's ImageFolder accepts (torchvision.datasets.folder.IMG_EXTENSIONS),
 # kept here so that checking a folder does not need torchvision; a test keeps them in sync.
@@ -341,7 +351,7 @@ def _image_files(class_dir: Path) -> tuple[list[Path], list[str]]:
 def _check_image(path: Path) -> str | None:
     """None when PIL can open ``path``, else why not."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image.verify()
     # PIL raises OSError, SyntaxError, ValueError, struct.error... for bad files: any is "bad".
     except Exception as exc:  # noqa: BLE001
@@ -618,7 +628,7 @@ def load_rgb_image(path: Path) -> Image.Image:
         DataError: the file cannot be read or decoded.
     """
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             return image.convert("RGB")
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(

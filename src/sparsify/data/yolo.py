@@ -325,12 +325,12 @@ def _raise_problems(problems: list[str], task: str) -> None:
 
 
 def _unreadable_images(images: Sequence[Path]) -> list[str]:
-    from PIL import Image
+    from sparsify.data.image_folder import open_image
 
     problems = []
     for path in images:
         try:
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 img.verify()
         except Exception as exc:  # noqa: BLE001 - any failure means unreadable
             problems.append(f"{path}: cannot be read as an image ({type(exc).__name__})")
