@@ -36,10 +36,10 @@ def workspace(tmp_path_factory):
     return root
 
 
-def run_cli(workspace, level, *extra):
-    work = workspace / f"runs_{level}"
+def run_cli(workspace, level, *extra, model="init.pth"):
+    work = workspace / f"runs_{level}_{Path(model).stem}"
     cmd = [CLI, "sparse-transfer", "--use-case", "image_classification",
-           "--data", str(workspace / "data"), "--model", str(workspace / "init.pth"),
+           "--data", str(workspace / "data"), "--model", str(workspace / model),
            "--optim-level", level, "--recipe-args", '{"num_epochs": 2}',
            "--train-kwargs", '{"image_size": 64, "batch_size": 16, "num_workers": 0}',
            "--working-dir", str(work), *extra]
@@ -51,7 +51,7 @@ def run_cli(workspace, level, *extra):
     return runs[0], out
 
 
-def check_run_folder(run):
+def check_run_folder(run, arch_key="resnet18"):
     for name in ("plan.yaml", "recipe.yaml", "metrics.yaml", "data_split.json", "run.log",
                  "training_artifacts/model_best.pth", "training_artifacts/model_last.pth",
                  "training_artifacts/dense_baseline.onnx", "deployment/model.onnx",
@@ -74,7 +74,7 @@ def check_run_folder(run):
     assert 0 <= metrics["task_metrics"]["top1"] <= 1
     assert metrics["size"]["onnx_gzip_bytes"] > 0
     ckpt = torch.load(run / "training_artifacts/model_last.pth", weights_only=True)
-    assert ckpt["arch_key"] == "resnet18" and "EpochRangeModifier" in ckpt["recipe"]
+    assert ckpt["arch_key"] == arch_key and "EpochRangeModifier" in ckpt["recipe"]
     return metrics
 
 
@@ -126,11 +126,25 @@ def test_level_05_pruned_int8_and_readme_example(workspace, tmp_path):
     assert result.stdout.strip() in CLASSES
 
 
+def test_timm_model_at_level_05(workspace):
+    timm = pytest.importorskip("timm")  # the [timm] extra; CI installs it through [all]
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=len(CLASSES))
+    torch.save({"state_dict": model.state_dict(), "arch_key": "timm:resnet10t"},
+               workspace / "timm_init.pth")
+    run, _ = run_cli(workspace, "0.5", model="timm_init.pth")
+    check_run_folder(run, arch_key="timm:resnet10t")
+    path = run / "deployment/model.onnx"
+    assert onnx_weight_sparsity(path)["overall"] >= 0.78 - 0.01
+    assert integer_kernel_count(optimized_graph_op_counts(path)) >= 10
+
+
 def test_new_run_folder_each_time_never_overwrites(workspace):
-    first, _ = run_cli(workspace, "0.0") if not list((workspace / "runs_0.0").glob("*")) else (
-        sorted((workspace / "runs_0.0").glob("sparse_transfer_*"))[0], None)
+    folder = workspace / "runs_0.0_init"
+    first, _ = run_cli(workspace, "0.0") if not list(folder.glob("*")) else (
+        sorted(folder.glob("sparse_transfer_*"))[0], None)
     before = (first / "metrics.yaml").read_text()
     from sparsify.rundir import create_run_dir
 
-    again = create_run_dir(workspace / "runs_0.0", "image_classification")
+    again = create_run_dir(folder, "image_classification")
     assert again != first and (first / "metrics.yaml").read_text() == before

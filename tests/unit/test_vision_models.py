@@ -205,3 +205,20 @@ def test_efficientnet_lite_has_no_download():
         build_arch("efficientnet_lite0", None, "DEFAULT")
     with pytest.raises(UsageError, match="Did you mean 'efficientnet_lite0'"):
         build_arch("efficientnet-lite0", 10)
+
+
+def test_timm_checkpoint_loads_and_missing_timm_names_its_extra(tmp_path, monkeypatch):
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("resnet10t", num_classes=3)
+    torch.save({"state_dict": model.state_dict(), "arch_key": "timm:resnet10t"},
+               tmp_path / "t.pth")
+    loaded = load_image_model(_choice(tmp_path / "t.pth"), 5)
+    assert loaded.arch_key == "timm:resnet10t" and loaded.head_replaced
+    assert loaded.model.fc.out_features == 5
+    assert torch.equal(loaded.model.conv1[0].weight, model.conv1[0].weight)
+    monkeypatch.setitem(__import__("sys").modules, "timm", None)  # as if not installed
+    from sparsify.errors import MissingExtraError
+
+    with pytest.raises(MissingExtraError) as info:
+        load_image_model(_choice(tmp_path / "t.pth"), 5)
+    assert "sparsify-transfer[timm]" in info.value.hint

@@ -136,7 +136,7 @@ def build_arch(arch_key: str, num_classes: int | None = None, weights: str | Non
         try:
             import timm
         except ImportError:
-            raise MissingExtraError("timm", "vision", f"Model '{arch_key}'") from None
+            raise MissingExtraError("timm", "timm", f"Model '{arch_key}'") from None
         kwargs = {"num_classes": num_classes} if num_classes else {}
         return timm.create_model(arch_key[5:], pretrained=weights is not None, **kwargs)
     if arch_key in EFFICIENTNET_LITE:
@@ -362,4 +362,6 @@ def load_image_model(choice: ModelChoice, num_classes: int, arch_key: str | None
                  "stub in the local zoo (SPARSIFY_ZOO_PATH/<stub>/training/model.pth).",
         ) from None
     replaced = replace_head_(model, num_classes)
-    return LoadedModel(model, name, f"torchvision:{name} ({weights})", True, replaced)
+    source = f"{name} (timm pretrained)" if name.startswith("timm:") else \
+        f"torchvision:{name} ({weights})"
+    return LoadedModel(model, name, source, True, replaced)
