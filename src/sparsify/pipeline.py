@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from sparsify.errors import MissingExtraError, SparsifyError
+from sparsify.errors import MissingExtraError, SparsifyError, UsageError
 from sparsify.plan import SPARSE_MODEL_THRESHOLD, Plan, choose_recipe, plan_to_yaml
 from sparsify.rundir import create_run_dir, write_text_atomic
 from sparsify.trainers import TRAINERS
@@ -98,10 +98,51 @@ def resolve_teacher(plan: Plan, task: Any) -> Any:
     return task.load_teacher(locate_model(plan.use_case, plan.band, plan.teacher))
 
 
+def launch_rank() -> tuple[int, int]:
+    """``(rank, world size)`` of a ``torchrun`` / ``accelerate launch`` start; ``(0, 1)`` alone."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _shared_run_dir(working_dir: Path, use_case_id: str, device: str) -> Path:
+    """Under a distributed launch the main process creates the run folder and every other rank
+    is told its name (one folder per run, not one per process)."""
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    from sparsify.trainers.common import resolve_device
+
+    # Sets up the process group the trainers then use; Accelerate treats a CPU launch as
+    # data-parallel only when told it is on CPU.
+    state = PartialState(cpu=resolve_device(device).type == "cpu")
+    box = [str(create_run_dir(working_dir, use_case_id)) if state.is_main_process else None]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0])
+
+
 def sparse_transfer(plan: Plan, data: str, working_dir: Path) -> Path:
-    """Run every stage; returns the run folder."""
+    """Run every stage; returns the run folder.
+
+    Under ``torchrun`` / ``accelerate launch`` every process trains (data-parallel); only the
+    main one writes the plan, checkpoints, export, metrics and summary.
+
+    Raises:
+        UsageError: a distributed launch of a use case whose trainer runs its own (YOLO).
+    """
     build_task = load_task_builder(plan)
-    run_dir = create_run_dir(working_dir, plan.use_case.id)
+    rank, world = launch_rank()
+    if world > 1:
+        if "ultralytics" in FAMILY_MODULES.get(plan.use_case.family, ()):
+            raise UsageError(
+                f"{plan.use_case.id} cannot run under torchrun / accelerate launch: Ultralytics "
+                "starts its own multi-GPU processes.",
+                hint="Run sparsify.run as one process; multi-GPU YOLO training is not "
+                     "supported in this version.")
+        run_dir = _shared_run_dir(working_dir, plan.use_case.id, plan.device)
+    else:
+        run_dir = create_run_dir(working_dir, plan.use_case.id)
+    if rank != 0:  # the main process logs and reports; the others only train (and fail)
+        logging.getLogger().setLevel(logging.ERROR)
+        return _stages(plan, data, run_dir, build_task, main=False)
     file_log = logging.FileHandler(run_dir / "run.log")
     (run_dir / "logs").mkdir()
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -113,23 +154,28 @@ def sparse_transfer(plan: Plan, data: str, working_dir: Path) -> Path:
         file_log.close()
 
 
-def _stages(plan: Plan, data: str, run_dir: Path, build_task: Any) -> Path:
+def _stages(plan: Plan, data: str, run_dir: Path, build_task: Any, main: bool = True) -> Path:
     from sparsify.report import build_metrics, measure_latencies, summary_table, write_metrics
     from sparsify.trainers.common import prunable_sparsity
 
-    write_text_atomic(run_dir / "plan.yaml", plan_to_yaml(plan, {"data": data}))
+    if main:
+        write_text_atomic(run_dir / "plan.yaml", plan_to_yaml(plan, {"data": data}))
     try:
         task = build_task(plan, data, run_dir)                              # data + model
     except SparsifyError:
         # Nothing was trained: the folder this run just made holds no result worth keeping.
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if main:
+            shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    click.echo(f"Run folder: {run_dir}")
     recipe = resolve_recipe(plan, task.start_sparsity)                       # recipe
-    write_text_atomic(run_dir / "plan.yaml", plan_to_yaml(plan, {"data": data}))
-    write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
+    if main:
+        click.echo(f"Run folder: {run_dir}")
+        write_text_atomic(run_dir / "plan.yaml", plan_to_yaml(plan, {"data": data}))
+        write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
     teacher = resolve_teacher(plan, task)
     train = task.train(recipe, teacher)                                      # train
+    if not main:
+        return run_dir
     artifacts = run_dir / "training_artifacts"
     export = task.export(run_dir / "deployment", artifacts / "dense_baseline.onnx")  # export
     from sparsify.export.deployment import gzip_size

@@ -33,3 +33,16 @@ def test_every_use_case_has_a_trainer():
     from sparsify.usecases import USE_CASES
 
     assert {uc.family for uc in USE_CASES} <= set(TRAINERS)
+
+
+def test_yolo_under_a_distributed_launch_is_refused_before_anything(monkeypatch, tmp_path):
+    import pytest
+
+    pytest.importorskip("ultralytics")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    result = CliRunner().invoke(cli, ["sparse-transfer", "--use-case", "yolo", "--data", "x",
+                                      "--working-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "cannot run under torchrun" in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())

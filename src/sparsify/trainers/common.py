@@ -81,3 +81,34 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     torch.save(payload, tmp)
     os.replace(tmp, path)
 
+
+
+def check_replicas_agree(model: nn.Module) -> None:
+    """Under a distributed launch, check that every rank ends training with the same weights.
+
+    DDP averages the gradients, and the pruning masks and QAT act alike on every rank, so the
+    parameters must be identical; a difference means a rank trained something the others did
+    not (and the main process would export only its own copy).
+
+    Raises:
+        TrainingError: the ranks' parameters differ (the first differing one is named).
+    """
+    import torch.distributed as dist
+
+    from sparsify.errors import TrainingError
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    names = [name for name, _ in model.named_parameters()]
+    local = [float(p.detach().double().sum()) for p in model.parameters()]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (names, local))
+    for rank, (other_names, sums) in enumerate(gathered[1:], start=1):
+        if other_names != names:
+            raise TrainingError(f"Rank {rank} ended training with other parameters than rank 0.")
+        for name, mine, theirs in zip(names, local, sums):
+            if mine != theirs:
+                raise TrainingError(
+                    f"Rank {rank}'s '{name}' differs from rank 0's after training "
+                    f"(sums {theirs!r} vs {mine!r}): the data-parallel replicas diverged.")
+    logger.info("Data-parallel check: weights identical on all %d ranks.", dist.get_world_size())

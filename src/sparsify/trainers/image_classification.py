@@ -23,7 +23,8 @@ from torch import nn
 from sparsify.errors import DataError, TrainingError
 from sparsify.plan import Plan
 from sparsify.trainers.common import (
-    build_optimizer, prunable_sparsity, resolve_device, save_checkpoint, seed_everything,
+    build_optimizer, check_replicas_agree, prunable_sparsity, resolve_device, save_checkpoint,
+    seed_everything,
 )
 
 logger = logging.getLogger(__name__)
@@ -192,9 +193,12 @@ class ImageClassificationTask:
         lifecycle.finalize()
         if writer:
             writer.close()
-        self.model = accelerator.unwrap_model(model).cpu().eval()
+        self.model = accelerator.unwrap_model(model)
+        check_replicas_agree(self.model)
+        self.model = self.model.cpu().eval()
         self.qat = lifecycle.qat_active
-        final = self.evaluate(self.model, val_loader, None)
+        # The whole validation set (the prepared loader holds this rank's shard only).
+        final = self.evaluate(self.model, _loader(self.val_ds, batch_size), None)
         final["sparsity"] = prunable_sparsity(self.model)["overall"]
         return TrainResult(final, best, best_epoch, epochs, history, time.monotonic() - started)
 

@@ -26,7 +26,9 @@ from transformers import Trainer, TrainerCallback
 
 from sparsify.errors import DataError, ModelNotFoundError, TrainingError, UsageError
 from sparsify.plan import Plan
-from sparsify.trainers.common import prunable_sparsity, resolve_device, seed_everything
+from sparsify.trainers.common import (
+    check_replicas_agree, prunable_sparsity, resolve_device, seed_everything,
+)
 from sparsify.trainers.image_classification import TrainResult
 
 logger = logging.getLogger(__name__)
@@ -426,6 +428,7 @@ class NLPTask:
             trainer.train()
         shutil.rmtree(artifacts / "hf_trainer", ignore_errors=True)  # the Trainer's empty folder
         lifecycle.finalize()
+        check_replicas_agree(trainer.model)
         self.model = trainer.model.cpu().eval()
         self.qat = lifecycle.qat_active
         final = self.evaluate(self.model)
