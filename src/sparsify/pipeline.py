@@ -94,6 +94,11 @@ def resolve_teacher(plan: Plan, task: Any) -> Any:
     if plan.teacher == "disable":
         return None
     if plan.teacher == "self":
+        if getattr(task, "head_replaced", False):
+            logger.warning("--teacher self is a frozen copy of the starting model, whose head was "
+                           "just replaced for these labels (untrained): distilling from it "
+                           "teaches noise. Pass a teacher fine-tuned on these labels, or "
+                           "--teacher disable.")
         return copy.deepcopy(task.baseline)
     return task.load_teacher(locate_model(plan.use_case, plan.band, plan.teacher))
 
@@ -162,17 +167,17 @@ def _stages(plan: Plan, data: str, run_dir: Path, build_task: Any, main: bool = 
         write_text_atomic(run_dir / "plan.yaml", plan_to_yaml(plan, {"data": data}))
     try:
         task = build_task(plan, data, run_dir)                              # data + model
+        recipe = resolve_recipe(plan, task.start_sparsity)                   # recipe
+        teacher = resolve_teacher(plan, task)
     except SparsifyError:
         # Nothing was trained: the folder this run just made holds no result worth keeping.
         if main:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    recipe = resolve_recipe(plan, task.start_sparsity)                       # recipe
     if main:
         click.echo(f"Run folder: {run_dir}")
         write_text_atomic(run_dir / "plan.yaml", plan_to_yaml(plan, {"data": data}))
         write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
-    teacher = resolve_teacher(plan, task)
     train = task.train(recipe, teacher)                                      # train
     if not main:
         return run_dir

@@ -281,10 +281,10 @@ _DOMAIN_KWARGS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "detection": {"image_size": int, "val_fraction": float},
     "segmentation": {"image_size": int, "val_fraction": float},
     "text_classification": {"max_seq_length": int, "text_column": str,
-                            "text_pair_column": str, "label_column": str,
+                            "text_pair_column": str, "label_column": str, "label_names": list,
                             "val_fraction": float, "trust_remote_code": bool},
     "token_classification": {"max_seq_length": int, "tokens_column": str,
-                             "tags_column": str, "val_fraction": float,
+                             "tags_column": str, "label_names": list, "val_fraction": float,
                              "trust_remote_code": bool},
     "question_answering": {"max_seq_length": int, "doc_stride": int, "val_fraction": float,
                            "trust_remote_code": bool},
@@ -339,6 +339,12 @@ def parse_train_kwargs(text: str | None, use_case: UseCase) -> dict[str, Any]:
             raise TrainKwargsError(f"--train-kwargs '{key}' must be >= 0, got {val}.")
         if key == "val_fraction" and not 0.0 < val < 1.0:
             raise TrainKwargsError(f"--train-kwargs 'val_fraction' must be in (0, 1), got {val}.")
+        if key == "label_names" and (
+                not val or not all(isinstance(n, str) and n.strip() for n in val)
+                or len(set(val)) != len(val)):
+            raise TrainKwargsError(
+                "--train-kwargs 'label_names' must be a list of distinct non-empty names, in "
+                f'class-id order (e.g. ["O", "B-PER", "I-PER"]), got {json.dumps(val)}.')
         if key == "optimizer" and val.lower() not in OPTIMIZERS:
             raise TrainKwargsError(
                 f"--train-kwargs 'optimizer' must be one of {', '.join(OPTIMIZERS)}, got {val!r}."

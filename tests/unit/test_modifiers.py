@@ -282,6 +282,19 @@ def test_distillation_matches_hand_computed_formula():
     assert float(got) == pytest.approx(expected, rel=1e-6)
     two = distillation_loss(task, {"a": s, "b": s}, {"a": t, "b": s}, 1.0, T, ["a", "b"])
     assert float(two) == pytest.approx((sum(kl_rows) / 2) * T * T / 2, rel=1e-5)
+    # Per-token logits (batch 1, 3 tokens): the padded third token, whose logits disagree
+    # wildly, must not count; only the two real tokens' KL is averaged.
+    s3 = torch.cat([s, torch.tensor([[9.0, -9.0, 0.0]])]).unsqueeze(0)
+    t3 = torch.cat([t, torch.tensor([[-9.0, 9.0, 0.0]])]).unsqueeze(0)
+    mask = torch.tensor([[1, 1, 0]])
+    masked = distillation_loss(task, {"logits": s3}, {"logits": t3}, 1.0, T, None, mask)
+    assert float(masked) == pytest.approx((sum(kl_rows) / 2) * T * T, rel=1e-6)
+    unmasked = distillation_loss(task, {"logits": s3}, {"logits": t3}, 1.0, T)
+    assert float(unmasked) > 2 * float(masked)
+    # Sequence-level logits (batch, classes) are not masked per token.
+    pooled = distillation_loss(task, {"logits": s}, {"logits": t}, 1.0, T, None,
+                               torch.tensor([[1, 1, 0], [1, 0, 0]]))
+    assert float(pooled) == pytest.approx((sum(kl_rows) / 2) * T * T, rel=1e-6)
 
 
 def test_distillation_modifier_replaces_loss_and_teacher_frozen():

@@ -46,3 +46,27 @@ def test_yolo_under_a_distributed_launch_is_refused_before_anything(monkeypatch,
     assert result.exit_code == 2, result.output
     assert "cannot run under torchrun" in result.output and "Traceback" not in result.output
     assert not list(tmp_path.iterdir())
+
+
+def test_teacher_self_warns_when_the_head_was_replaced(caplog):
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from sparsify.pipeline import resolve_teacher
+
+    base = nn.Linear(2, 3)
+    plan = SimpleNamespace(teacher="self")
+    with caplog.at_level("WARNING"):
+        teacher = resolve_teacher(plan, SimpleNamespace(baseline=base, head_replaced=False))
+    assert teacher is not base and torch_equal(teacher.weight, base.weight)
+    assert "teaches noise" not in caplog.text
+    with caplog.at_level("WARNING"):
+        resolve_teacher(plan, SimpleNamespace(baseline=base, head_replaced=True))
+    assert "teaches noise" in caplog.text and "--teacher disable" in caplog.text
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)

@@ -84,6 +84,16 @@ def test_answer_not_matching_context(tmp_path):
     assert "qa.jsonl, line 2: answer" in out and "does not match the context at 0" in out
 
 
+def test_duplicate_validation_question_ids(tmp_path):
+    write_jsonl(tmp_path / "qa" / "train.jsonl", question_rows(6))
+    val = question_rows(4, seed=1)
+    val[3]["id"] = val[1]["id"]
+    write_jsonl(tmp_path / "qa" / "val.jsonl", val)
+    out = run_cli(tmp_path, "qa", tmp_path / "qa")
+    assert "val.jsonl, line 4: id 'q1' is used again (first at" in out
+    assert "val.jsonl, line 2" in out and "unique ids" in out
+
+
 def test_qa_missing_column(tmp_path):
     write_jsonl(tmp_path / "qa.jsonl", [{"question": "q?", "context": "c"}] * 3)
     out = run_cli(tmp_path, "qa", tmp_path / "qa.jsonl")
@@ -270,3 +280,60 @@ def test_eval_metric_loss_is_refused_for_nlp(tmp_path):
     result = CliRunner().invoke(cli, ["sparse-transfer", "--use-case", "qa", "--data", "x",
                                       "--eval-metric", "loss", "--dry-run"])
     assert result.exit_code == 2 and "f1" in result.output and "exact_match" in result.output
+
+
+NER_NAMES = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+
+
+def _integer_tag_rows(n, seed=0):
+    return [{"tokens": r["tokens"], "ner_tags": [NER_NAMES.index(t) for t in r["ner_tags"]]}
+            for r in entity_rows(n, seed)]
+
+
+def test_integer_tags_take_their_names_from_label_names(tmp_path, caplog):
+    write_jsonl(tmp_path / "ner.jsonl", _integer_tag_rows(30))
+    data = load_task_data(str(tmp_path / "ner.jsonl"), "token_classification",
+                          {"label_names": NER_NAMES}, 0)
+    assert data.label_names == NER_NAMES
+    original = {tuple(r["tokens"]): r["ner_tags"] for r in entity_rows(30)}
+    for example in data.train + data.val:  # each id kept its meaning
+        assert [NER_NAMES[t] for t in example["tags"]] == original[tuple(example["tokens"])]
+    assert "bare integers" not in caplog.text
+    # Without names, the run still works but says why its entity F1 means little.
+    with caplog.at_level("WARNING"):
+        bare = load_task_data(str(tmp_path / "ner.jsonl"), "token_classification", {}, 0)
+    assert bare.label_names == [str(i) for i in range(7)]
+    assert "bare integers" in caplog.text and "label_names" in caplog.text
+
+
+def test_integer_tag_without_a_name_is_reported(tmp_path):
+    rows = _integer_tag_rows(10)
+    rows[3]["ner_tags"][0] = 9
+    write_jsonl(tmp_path / "ner.jsonl", rows)
+    from sparsify.errors import DataError
+
+    with pytest.raises(DataError, match=r"ner.jsonl, line 4: tag 9 has no name: 7 names"):
+        load_task_data(str(tmp_path / "ner.jsonl"), "token_classification",
+                       {"label_names": NER_NAMES}, 0)
+
+
+def test_integer_labels_in_a_csv_take_label_names(tmp_path):
+    rows = [{"text": r["text"], "label": ["negative", "positive"].index(r["label"])}
+            for r in sentiment_rows(40)]
+    write_csv(tmp_path / "r.csv", rows)
+    data = load_task_data(str(tmp_path / "r.csv"), "text_classification",
+                          {"label_names": ["negative", "positive"]}, 0)
+    assert data.label_names == ["negative", "positive"]
+    original = {r["text"]: r["label"] for r in sentiment_rows(40)}
+    for example in data.train + data.val:
+        assert data.label_names[example["label"]] == original[example["text"]]
+
+
+@pytest.mark.parametrize("bad", ['[]', '["O", "O"]', '["O", 3]', '"O"'])
+def test_label_names_must_be_distinct_names(bad):
+    from sparsify.errors import TrainKwargsError
+    from sparsify.plan import parse_train_kwargs
+    from sparsify.usecases import resolve_use_case
+
+    with pytest.raises(TrainKwargsError, match="label_names"):
+        parse_train_kwargs('{"label_names": %s}' % bad, resolve_use_case("ner"))

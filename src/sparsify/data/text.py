@@ -383,6 +383,29 @@ def _unseen_hint(raw: RawSplits) -> str:
     return "Fix it, or add training rows with it."
 
 
+def _class_names(raw: RawSplits, column: str, kw: dict[str, Any]) -> list[str] | None:
+    """Names of integer classes in ``column``: the Hub dataset's ClassLabel names, else
+    ``--train-kwargs label_names``, else None (integers stay their own names)."""
+    names = raw.label_names.get(column)
+    return list(names) if names is not None else kw.get("label_names")
+
+
+def _named(value: Any, names: list[str], where: str, what: str) -> str | None:
+    """The name of an integer class id (an int, or digits in a CSV); None for anything else."""
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    if value < 0:
+        raise DataError(f"{where}: {what} {value} (unlabeled: the Hub marks unlabeled test "
+                        "rows with -1).")
+    if value >= len(names):
+        raise DataError(f"{where}: {what} {value} has no name: {len(names)} names are known "
+                        f"({', '.join(names)}).",
+                        hint="--train-kwargs label_names lists every class name in id order.")
+    return names[value]
+
+
 def check_text_classification(raw: RawSplits, kw: dict[str, Any]) -> TextClassificationData:
     """Find the text / pair / label columns and map labels to ids (sorted names).
 
@@ -418,17 +441,17 @@ def check_text_classification(raw: RawSplits, kw: dict[str, Any]) -> TextClassif
         if col is not None and col not in cols:
             raise _missing_column(rows, f"'{col}'", cols, option)
 
-    hub_names = raw.label_names.get(label_col)
+    hub_names = _class_names(raw, label_col, kw)
 
     def label_of(row: Row) -> str:
         value = row.values.get(label_col)
         if value is None or (isinstance(value, str) and not value.strip()):
             raise DataError(f"{row.where}: the label ('{label_col}') is empty.",
                             hint="Every row needs a label; remove unlabeled rows.")
-        if hub_names is not None and isinstance(value, int):
-            if value < 0:
-                raise DataError(f"{row.where}: label {value} (unlabeled split).")
-            return hub_names[value]
+        if hub_names is not None:
+            named = _named(value, hub_names, row.where, "label")
+            if named is not None:
+                return named
         if isinstance(value, float):
             if not value.is_integer():
                 raise DataError(f"{row.where}: label {value} is not a class: regression "
@@ -509,7 +532,7 @@ def check_token_classification(raw: RawSplits, kw: dict[str, Any]) -> TokenClass
             raise _missing_column(rows, "tags", ["ner_tags", "tags", "labels"], "tags_column")
     elif tags_col not in cols:
         raise _missing_column(rows, f"'{tags_col}'", cols, "tags_column")
-    hub_names = raw.label_names.get(tags_col)
+    hub_names = _class_names(raw, tags_col, kw)
 
     def pair(row: Row) -> tuple[list[str], list[str]]:
         tokens, tags = row.values.get(tokens_col), row.values.get(tags_col)
@@ -524,9 +547,9 @@ def check_token_classification(raw: RawSplits, kw: dict[str, Any]) -> TokenClass
                             hint="Give exactly one tag per word.")
         if not all(isinstance(t, (str, int)) and not isinstance(t, bool) for t in tags):
             raise DataError(f"{row.where}: tags must be strings or integers.")
-        names = [hub_names[t] if hub_names is not None and isinstance(t, int) else str(t)
-                 for t in tags]
-        return tokens, names
+        if hub_names is None:
+            return tokens, [str(t) for t in tags]
+        return tokens, [_named(t, hub_names, row.where, "tag") or str(t) for t in tags]
 
     train_pairs = [pair(r) for r in rows]
     if hub_names is not None:
@@ -535,6 +558,11 @@ def check_token_classification(raw: RawSplits, kw: dict[str, Any]) -> TokenClass
         found = {t for _, tags in train_pairs for t in tags}
         if all(re.fullmatch(r"\d+", t) for t in found):
             names = [str(v) for v in range(max(int(t) for t in found) + 1)]
+            logger.warning(
+                "%s: the tags are bare integers without names, so entity precision/recall/F1 "
+                "cannot tell 'O' from entities and score every integer (0 included) as an "
+                "entity type. Give the names in id order: --train-kwargs "
+                "'{\"label_names\": [\"O\", \"B-PER\", \"I-PER\", ...]}'.", raw.source)
         else:
             names = sorted(found, key=lambda t: (t != "O", t))
     index = {n: i for i, n in enumerate(names)}
@@ -568,7 +596,7 @@ def check_question_answering(raw: RawSplits, kw: dict[str, Any]) -> QuestionAnsw
 
     Raises:
         DataError: a column missing, an empty question/context, no answer in a training row,
-            an answer span outside its context or not matching it.
+            an answer span outside its context or not matching it, a validation id used twice.
     """
     rows = raw.train
     cols = _columns(rows)
@@ -616,12 +644,21 @@ def check_question_answering(raw: RawSplits, kw: dict[str, Any]) -> QuestionAnsw
                     f"{row.where}: answer {text!r} does not match the context at {start} "
                     f"(found {context[start:start + len(text)]!r}).",
                     hint="answer_start is the character offset of the answer in the context.")
-        return {"id": str(v.get("id", index)), "question": question.strip(), "context": context,
+        given = v.get("id")
+        return {"id": f"#{index}" if given is None else str(given),
+                "question": question.strip(), "context": context,
                 "answers": {"text": list(answers["text"]),
                             "answer_start": list(answers["answer_start"])}}
 
-    return QuestionAnsweringData([example(r, i, True) for i, r in enumerate(rows)],
-                                 [example(r, i, False) for i, r in enumerate(raw.val)])
+    val = [example(r, i, False) for i, r in enumerate(raw.val)]
+    seen: dict[str, str] = {}
+    for row, ex in zip(raw.val, val):  # answers are scored per id: two questions cannot share one
+        if ex["id"] in seen:
+            raise DataError(f"{row.where}: id {ex['id']!r} is used again (first at "
+                            f"{seen[ex['id']]}); validation questions need unique ids.",
+                            hint="Give each question its own 'id', or leave 'id' out.")
+        seen[ex["id"]] = row.where
+    return QuestionAnsweringData([example(r, i, True) for i, r in enumerate(rows)], val)
 
 
 def load_task_data(data: str, family: str, kw: dict[str, Any], seed: int,

@@ -65,5 +65,6 @@ class DistillationModifier(Modifier):
             state.teacher.eval()
         with torch.no_grad():
             teacher_outputs = call_model(state.teacher, event.inputs)
+        mask = event.inputs.get("attention_mask") if isinstance(event.inputs, dict) else None
         return distillation_loss(event.loss, event.outputs, teacher_outputs, self.hardness,
-                                 self.temperature, self.distill_output_keys)
+                                 self.temperature, self.distill_output_keys, mask)

@@ -77,11 +77,21 @@ class ImageClassificationTask:
                     len(self.train_ds), len(self.val_ds), len(self.class_names),
                     loaded.arch_key, loaded.source, 100 * self.start_sparsity)
 
+    @property
+    def head_replaced(self) -> bool:
+        """Whether the starting model's classifier head was replaced for this data."""
+        return self.loaded.head_replaced
+
     def load_teacher(self, choice: Any) -> nn.Module:
         """A distillation teacher, loaded like ``--model`` with this run's class count."""
         from sparsify.trainers.vision_models import load_image_model
 
-        return load_image_model(choice, len(self.class_names)).model
+        loaded = load_image_model(choice, len(self.class_names))
+        if loaded.head_replaced:
+            logger.warning("The teacher '%s' had no head for these %d classes: its head is new "
+                           "(untrained), so distilling from it teaches noise.", choice.spec,
+                           len(self.class_names))
+        return loaded.model
 
     # --- training ----------------------------------------------------------------------------
     def train(self, recipe: Any, teacher: nn.Module | None = None) -> TrainResult:
