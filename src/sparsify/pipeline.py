@@ -160,7 +160,10 @@ def sparse_transfer(plan: Plan, data: str, working_dir: Path) -> Path:
 
 
 def _stages(plan: Plan, data: str, run_dir: Path, build_task: Any, main: bool = True) -> Path:
-    from sparsify.report import build_metrics, measure_latencies, summary_table, write_metrics
+    from sparsify.export.onnx_export import float_ops_on_dequantized_inputs
+    from sparsify.report import (
+        build_metrics, measure_latencies, slow_int8_warning, summary_table, write_metrics,
+    )
     from sparsify.trainers.common import prunable_sparsity
 
     if main:
@@ -193,6 +196,11 @@ def _stages(plan: Plan, data: str, run_dir: Path, build_task: Any, main: bool = 
     sparsity = prunable_sparsity(task.model)
     metrics = build_metrics(plan.to_dict(), train, export, sparsity, sizes, latency, plan.recipe,
                             task.start_sparsity, sum(p.numel() for p in task.model.parameters()))
+    warning = slow_int8_warning(latency, metrics["export"]["quantized"],
+                                lambda: float_ops_on_dequantized_inputs(onnx_path))
+    if warning:
+        logger.warning(warning)
+        metrics["warnings"] = [warning]
     write_metrics(run_dir / "metrics.yaml", metrics)
     click.echo(f"\nDone: {run_dir}\n{summary_table(metrics)}")
     click.echo(f"Deployment: {run_dir / 'deployment'}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,29 @@ def measure_latencies(model_onnx: Path, baseline_onnx: Path, make_inputs: Any,
             "speedup": round(baseline[b] / result[b], 3) if result[b] > 0 else None,
         }
     return out
+
+
+def slow_int8_warning(latency: dict[str, Any], quantized: bool,
+                      float_ops: Callable[[], dict[str, int]]) -> str | None:
+    """A warning when an INT8 export is not faster than the dense FP32 baseline at some batch
+    size (a quantized graph that is not faster failed at its purpose), naming the operators
+    that ran in float between Quantize/Dequantize pairs (``float_ops`` is called only then)."""
+    slow = {k: v["speedup"] for k, v in latency.items()
+            if v.get("speedup") is not None and v["speedup"] < 1.0}
+    if not quantized or not slow:
+        return None
+    where = ", ".join(f"{v:.2f}x at {k.replace('_', ' ')}" for k, v in slow.items())
+    text = f"The INT8 model is not faster than the dense FP32 export on this machine ({where})."
+    found = float_ops()
+    if found:
+        ops = ", ".join(f"{op} x{n}" for op, n in found.items())
+        text += (f" ONNX Runtime has no integer kernel for some of its operators, which run in "
+                 f"float between Quantize/Dequantize pairs: {ops}.")
+    text += (" Architectures built from conv + ReLU/ReLU6 (ResNet, MobileNet v1/v2, "
+             "EfficientNet-Lite) gain from INT8 here; hard-swish / squeeze-excite networks "
+             "(MobileNetV3) may not. The deployment model is still correct (its agreement with "
+             "PyTorch was checked).")
+    return text
 
 
 def build_metrics(plan_dict: dict[str, Any], train: Any, export: dict[str, Any],
@@ -66,7 +90,7 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
 
 
 def summary_table(metrics: dict[str, Any]) -> str:
-    """A short table for the terminal."""
+    """A short table for the terminal (with the run's warnings after it)."""
     rows = [("task metrics", ", ".join(f"{k} {v:.4f}" for k, v in metrics["task_metrics"].items()
                                       if k != "sparsity"))]
     sp = metrics["sparsity"]
@@ -81,4 +105,7 @@ def summary_table(metrics: dict[str, Any]) -> str:
                      f"{lat['model_ms']:.2f} ms vs dense FP32 {lat['dense_fp32_baseline_ms']:.2f} "
                      f"ms: {lat['speedup']:.2f}x speedup"))
     width = max(len(r[0]) for r in rows)
-    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+    table = "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+    for warning in metrics.get("warnings", []):
+        table += f"\n  Warning: {warning}"
+    return table

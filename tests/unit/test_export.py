@@ -348,3 +348,45 @@ def test_export_error_names_the_cause_and_leaves_no_file(tmp_path):
     assert target.read_bytes() == b"previous good export"  # never replaced by a half file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
     assert model.training  # mode restored
+
+
+def test_slow_int8_warning_names_the_float_operators():
+    from sparsify.report import slow_int8_warning, summary_table
+
+    fast = {"batch_1": {"speedup": 2.1}, "batch_32": {"speedup": 1.4}}
+    slow = {"batch_1": {"speedup": 0.62}, "batch_32": {"speedup": 1.1}}
+
+    def never():
+        raise AssertionError("float ops looked up without need")
+
+    assert slow_int8_warning(fast, True, never) is None
+    assert slow_int8_warning(slow, False, never) is None  # FP32 export: nothing promised
+    text = slow_int8_warning(slow, True, lambda: {"HardSigmoid": 28, "Mul": 20})
+    assert "0.62x at batch 1" in text and "batch 32" not in text
+    assert "HardSigmoid x28, Mul x20" in text
+    metrics = {"task_metrics": {"top1": 0.5}, "warnings": [text],
+               "sparsity": {"overall": 0.78, "target": 0.78, "start": 0.0},
+               "size": {"onnx_bytes": 1e6, "onnx_gzip_bytes": 5e5, "baseline_gzip_bytes": 4e6},
+               "latency_onnxruntime_cpu": {
+                   "batch_1": {"model_ms": 2.0, "dense_fp32_baseline_ms": 1.24, "speedup": 0.62}}}
+    assert "Warning: The INT8 model is not faster" in summary_table(metrics)
+
+
+def test_float_ops_on_dequantized_inputs_finds_operators_without_integer_kernels(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from sparsify.export.onnx_export import float_ops_on_dequantized_inputs
+
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.05])
+    zero = helper.make_tensor("z", TensorProto.UINT8, [], [128])
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("HardSigmoid", ["xd"], ["h"]),
+             helper.make_node("Mul", ["xd", "h"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [scale, zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx")
+    assert float_ops_on_dequantized_inputs(tmp_path / "m.onnx") == {"HardSigmoid": 1, "Mul": 1}

@@ -35,6 +35,7 @@ __all__ = [
     "compare_with_torch",
     "count_qdq",
     "export_onnx",
+    "float_ops_on_dequantized_inputs",
     "integer_kernel_count",
     "measure_latency",
     "onnx_weight_sparsity",
@@ -317,6 +318,25 @@ def count_qdq(onnx_path: str | os.PathLike[str]) -> tuple[int, int]:
     return counts["QuantizeLinear"], counts["DequantizeLinear"]
 
 
+def _optimized_graph(onnx_path: str | os.PathLike[str], level: str) -> Any:
+    onnx, ort = _require_onnx()
+    levels = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    if level not in levels:
+        raise ValueError(f"Unknown optimisation level '{level}'; valid: {', '.join(levels)}.")
+    with tempfile.TemporaryDirectory(prefix="sparsify-ort-") as tmp:
+        out = Path(tmp) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = levels[level]
+        options.optimized_model_filepath = str(out)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        return onnx.load(str(out)).graph
+
+
 def optimized_graph_op_counts(
     onnx_path: str | os.PathLike[str], level: str = "extended"
 ) -> dict[str, int]:
@@ -333,23 +353,26 @@ def optimized_graph_op_counts(
     Returns:
         ``{op_type: count}`` of the optimised graph.
     """
-    onnx, ort = _require_onnx()
-    levels = {
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    if level not in levels:
-        raise ValueError(f"Unknown optimisation level '{level}'; valid: {', '.join(levels)}.")
-    with tempfile.TemporaryDirectory(prefix="sparsify-ort-") as tmp:
-        out = Path(tmp) / "optimized.onnx"
-        options = ort.SessionOptions()
-        options.graph_optimization_level = levels[level]
-        options.optimized_model_filepath = str(out)
-        options.log_severity_level = 3
-        ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        graph = onnx.load(str(out)).graph
-        return dict(Counter(node.op_type for node in graph.node))
+    graph = _optimized_graph(onnx_path, level)
+    return dict(Counter(node.op_type for node in graph.node))
+
+
+def float_ops_on_dequantized_inputs(onnx_path: str | os.PathLike[str]) -> dict[str, int]:
+    """Operators of the optimised graph that run in float on a ``DequantizeLinear`` output:
+    the places where ONNX Runtime found no integer kernel, so the data leaves INT8 and (mostly)
+    comes back through a ``QuantizeLinear`` - each such hop costs time.
+
+    Returns:
+        ``{op_type: count}``, most frequent first.
+    """
+    graph = _optimized_graph(onnx_path, "extended")
+    dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear"
+                   for out in node.output}
+    found = Counter(node.op_type for node in graph.node
+                    if node.op_type not in ("QuantizeLinear", "DequantizeLinear")
+                    and node.op_type not in INTEGER_KERNEL_OPS
+                    and any(i in dequantized for i in node.input))
+    return dict(found.most_common())
 
 
 def integer_kernel_count(counts: Mapping[str, int]) -> int:
