@@ -128,7 +128,9 @@ def sparse_transfer(plan: Plan, data: str, working_dir: Path) -> Path:
     """Run every stage; returns the run folder.
 
     Under ``torchrun`` / ``accelerate launch`` every process trains (data-parallel); only the
-    main one writes the plan, checkpoints, export, metrics and summary.
+    main one writes into the run folder (plan, checkpoints, export, metrics, summary). The other
+    processes keep what the trainers write into a scratch folder of their own, removed at the
+    end.
 
     Raises:
         UsageError: a distributed launch of a use case whose trainer runs its own (YOLO).
@@ -146,8 +148,15 @@ def sparse_transfer(plan: Plan, data: str, working_dir: Path) -> Path:
     else:
         run_dir = create_run_dir(working_dir, plan.use_case.id)
     if rank != 0:  # the main process logs and reports; the others only train (and fail)
+        import tempfile
+
         logging.getLogger().setLevel(logging.ERROR)
-        return _stages(plan, data, run_dir, build_task, main=False)
+        scratch = Path(tempfile.mkdtemp(prefix=f"sparsify-rank{rank}-"))
+        try:
+            _stages(plan, data, scratch, build_task, main=False)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return run_dir
     file_log = logging.FileHandler(run_dir / "run.log")
     (run_dir / "logs").mkdir()
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -157,6 +166,48 @@ def sparse_transfer(plan: Plan, data: str, working_dir: Path) -> Path:
     finally:
         logging.getLogger().removeHandler(file_log)
         file_log.close()
+
+
+def _prepare(plan: Plan, data: str, run_dir: Path, build_task: Any) -> tuple[Any, Any, Any]:
+    task = build_task(plan, data, run_dir)                                   # data + model
+    recipe = resolve_recipe(plan, task.start_sparsity)                       # recipe
+    return task, recipe, resolve_teacher(plan, task)
+
+
+def _prepare_together(plan: Plan, data: str, run_dir: Path, build_task: Any, main: bool
+                      ) -> tuple[Any, Any, Any]:
+    """:func:`_prepare` on every process of a distributed launch: the main one first (it
+    downloads what is missing into the shared caches), then the others; every process learns
+    whether all succeeded, so a failure stops them all with the real message (none waits
+    forever in training for a process that is gone)."""
+    import torch.distributed as dist
+
+    def attempt() -> tuple[tuple[Any, Any, Any] | None, SparsifyError | None]:
+        try:
+            return _prepare(plan, data, run_dir, build_task), None
+        except SparsifyError as error:
+            return None, error
+
+    result, error = attempt() if main else (None, None)
+    box = [None if error is None else error.message]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        if error is not None:
+            raise error
+        raise SparsifyError("The main process failed while preparing the run; its message "
+                            "says why.")
+    if not main:
+        result, error = attempt()
+    failures: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(failures, None if error is None else error.message)
+    if error is not None:
+        raise error
+    others = [(r, m) for r, m in enumerate(failures) if m is not None]
+    if others:
+        rank, message = others[0]
+        raise SparsifyError(f"Process {rank} failed while preparing the run: {message}")
+    assert result is not None
+    return result
 
 
 def _stages(plan: Plan, data: str, run_dir: Path, build_task: Any, main: bool = True) -> Path:
@@ -169,9 +220,10 @@ def _stages(plan: Plan, data: str, run_dir: Path, build_task: Any, main: bool = 
     if main:
         write_text_atomic(run_dir / "plan.yaml", plan_to_yaml(plan, {"data": data}))
     try:
-        task = build_task(plan, data, run_dir)                              # data + model
-        recipe = resolve_recipe(plan, task.start_sparsity)                   # recipe
-        teacher = resolve_teacher(plan, task)
+        if launch_rank()[1] > 1:
+            task, recipe, teacher = _prepare_together(plan, data, run_dir, build_task, main)
+        else:
+            task, recipe, teacher = _prepare(plan, data, run_dir, build_task)
     except SparsifyError:
         # Nothing was trained: the folder this run just made holds no result worth keeping.
         if main:
@@ -197,9 +249,9 @@ def _stages(plan: Plan, data: str, run_dir: Path, build_task: Any, main: bool = 
     metrics = build_metrics(plan.to_dict(), train, export, sparsity, sizes, latency, plan.recipe,
                             task.start_sparsity, sum(p.numel() for p in task.model.parameters()))
     warning = slow_int8_warning(latency, metrics["export"]["quantized"],
-                                lambda: float_ops_on_dequantized_inputs(onnx_path))
-    if warning:
-        logger.warning(warning)
+                                lambda: float_ops_on_dequantized_inputs(onnx_path),
+                                plan.use_case.family)
+    if warning:  # shown once, in the summary, and kept in metrics.yaml
         metrics["warnings"] = [warning]
     write_metrics(run_dir / "metrics.yaml", metrics)
     click.echo(f"\nDone: {run_dir}\n{summary_table(metrics)}")

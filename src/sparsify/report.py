@@ -29,8 +29,18 @@ def measure_latencies(model_onnx: Path, baseline_onnx: Path, make_inputs: Any,
     return out
 
 
+_SLOW_ADVICE = {
+    "image_classification": "Architectures built from conv + ReLU/ReLU6 (ResNet, MobileNet v1/v2, "
+                            "EfficientNet-Lite) gain from INT8 here; hard-swish / squeeze-excite "
+                            "networks (MobileNetV3) may not.",
+    "text": "Transformers gain from INT8 in their linear layers; in very small models the float "
+            "parts (embedding lookups, LayerNorm, softmax) dominate, and gains grow with the "
+            "hidden size and sequence length.",
+}
+
+
 def slow_int8_warning(latency: dict[str, Any], quantized: bool,
-                      float_ops: Callable[[], dict[str, int]]) -> str | None:
+                      float_ops: Callable[[], dict[str, int]], family: str = "") -> str | None:
     """A warning when an INT8 export is not faster than the dense FP32 baseline at some batch
     size (a quantized graph that is not faster failed at its purpose), naming the operators
     that ran in float between Quantize/Dequantize pairs (``float_ops`` is called only then)."""
@@ -45,10 +55,12 @@ def slow_int8_warning(latency: dict[str, Any], quantized: bool,
         ops = ", ".join(f"{op} x{n}" for op, n in found.items())
         text += (f" ONNX Runtime has no integer kernel for some of its operators, which run in "
                  f"float between Quantize/Dequantize pairs: {ops}.")
-    text += (" Architectures built from conv + ReLU/ReLU6 (ResNet, MobileNet v1/v2, "
-             "EfficientNet-Lite) gain from INT8 here; hard-swish / squeeze-excite networks "
-             "(MobileNetV3) may not. The deployment model is still correct (its agreement with "
-             "PyTorch was checked).")
+    advice = _SLOW_ADVICE.get("image_classification" if family == "image_classification"
+                              else "text" if family.endswith(("classification", "answering"))
+                              else "")
+    if advice:
+        text += " " + advice
+    text += " The deployment model is still correct (its agreement with PyTorch was checked)."
     return text
 
 

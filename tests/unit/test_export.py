@@ -361,9 +361,12 @@ def test_slow_int8_warning_names_the_float_operators():
 
     assert slow_int8_warning(fast, True, never) is None
     assert slow_int8_warning(slow, False, never) is None  # FP32 export: nothing promised
-    text = slow_int8_warning(slow, True, lambda: {"HardSigmoid": 28, "Mul": 20})
+    text = slow_int8_warning(slow, True, lambda: {"HardSigmoid": 28, "Mul": 20},
+                             "image_classification")
     assert "0.62x at batch 1" in text and "batch 32" not in text
-    assert "HardSigmoid x28, Mul x20" in text
+    assert "HardSigmoid x28, Mul x20" in text and "MobileNetV3" in text
+    nlp = slow_int8_warning(slow, True, lambda: {"Gather": 3}, "token_classification")
+    assert "embedding lookups" in nlp and "MobileNet" not in nlp
     metrics = {"task_metrics": {"top1": 0.5}, "warnings": [text],
                "sparsity": {"overall": 0.78, "target": 0.78, "start": 0.0},
                "size": {"onnx_bytes": 1e6, "onnx_gzip_bytes": 5e5, "baseline_gzip_bytes": 4e6},

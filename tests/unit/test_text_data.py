@@ -337,3 +337,22 @@ def test_label_names_must_be_distinct_names(bad):
 
     with pytest.raises(TrainKwargsError, match="label_names"):
         parse_train_kwargs('{"label_names": %s}' % bad, resolve_use_case("ner"))
+
+
+def test_label_names_take_whole_floats_and_name_strangers(tmp_path):
+    from sparsify.errors import DataError
+
+    rows = [{"text": r["text"], "label": float(["neg", "pos"].index(r["label"][:3]))}
+            for r in sentiment_rows(20)]
+    write_jsonl(tmp_path / "float.jsonl", rows)
+    data = load_task_data(str(tmp_path / "float.jsonl"), "text_classification",
+                          {"label_names": ["neg", "pos"]}, 0)
+    assert data.label_names == ["neg", "pos"]
+    rows[5]["label"] = "neutral"
+    write_jsonl(tmp_path / "stranger.jsonl", rows)
+    with pytest.raises(DataError) as info:
+        load_task_data(str(tmp_path / "stranger.jsonl"), "text_classification",
+                       {"label_names": ["neg", "pos"]}, 0)
+    assert "stranger.jsonl, line 6: label 'neutral' is not one of the class names (neg, pos)" \
+        in info.value.message
+    assert "label_names" in info.value.hint and "validation" not in info.value.hint

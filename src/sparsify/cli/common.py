@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from typing import NoReturn
@@ -12,13 +13,20 @@ import click
 from sparsify.errors import SparsifyError
 
 
+def _rank_prefix() -> str:
+    """``[rank N] `` for the other processes of a torchrun / accelerate launch, else empty."""
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    return f"[rank {rank}] " if world not in ("", "1") and rank != "0" else ""
+
+
 def fail(error: SparsifyError, debug: bool) -> NoReturn:
     """Print ``error`` (with its traceback under ``--debug``) and exit with its code."""
     if debug:
         traceback.print_exc()
-    click.secho(f"Error: {error.message}", fg="red", err=True)
+    prefix = _rank_prefix()
+    click.secho(f"{prefix}Error: {error.message}", fg="red", err=True)
     if error.hint:
-        click.echo(f"Hint: {error.hint}", err=True)
+        click.echo(f"{prefix}Hint: {error.hint}", err=True)
     sys.exit(error.exit_code)
 
 
@@ -26,7 +34,13 @@ def fail_unexpected(exc: BaseException, debug: bool) -> NoReturn:
     """A bug or an unforeseen failure: say so cleanly, exit 1."""
     if debug:
         traceback.print_exc()
-    click.secho(f"Error: unexpected failure: {type(exc).__name__}: {exc}", fg="red", err=True)
-    click.echo("Hint: run again with --debug for the traceback, and report it if it looks "
-               "like a bug.", err=True)
+    prefix = _rank_prefix()
+    click.secho(f"{prefix}Error: unexpected failure: {type(exc).__name__}: {exc}", fg="red",
+                err=True)
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        click.echo(f"{prefix}Hint: under a distributed launch this often follows the failure "
+                   "of another process (a closed connection): read every process's message "
+                   "first.", err=True)
+    click.echo(f"{prefix}Hint: run again with --debug for the traceback, and report it if it "
+               "looks like a bug.", err=True)
     sys.exit(1)

@@ -383,6 +383,20 @@ def _unseen_hint(raw: RawSplits) -> str:
     return "Fix it, or add training rows with it."
 
 
+def _unknown_class(where: str, what: str, value: str, names: list[str], listed: bool,
+                   raw: RawSplits) -> DataError:
+    """The error for a label/tag outside the known classes: the given list of names (the Hub
+    dataset's or --train-kwargs label_names) when there is one, else the training data's."""
+    if listed:
+        return DataError(f"{where}: {what} {value!r} is not one of the class names "
+                         f"({', '.join(names)}).",
+                         hint="Class names come from the Hub dataset or from --train-kwargs "
+                              "label_names (every name, in class-id order): fix the row or "
+                              "the list.")
+    return DataError(f"{where}: {what} {value!r} does not occur in the training data "
+                     f"({', '.join(names)}).", hint=_unseen_hint(raw))
+
+
 def _class_names(raw: RawSplits, column: str, kw: dict[str, Any]) -> list[str] | None:
     """Names of integer classes in ``column``: the Hub dataset's ClassLabel names, else
     ``--train-kwargs label_names``, else None (integers stay their own names)."""
@@ -391,8 +405,11 @@ def _class_names(raw: RawSplits, column: str, kw: dict[str, Any]) -> list[str] |
 
 
 def _named(value: Any, names: list[str], where: str, what: str) -> str | None:
-    """The name of an integer class id (an int, or digits in a CSV); None for anything else."""
-    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+    """The name of an integer class id (an int, a whole float, or such digits in a CSV); None
+    for anything else (a name)."""
+    if isinstance(value, str) and re.fullmatch(r"-?\d+(\.0*)?", value.strip()):
+        value = int(float(value))
+    if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         return None
@@ -491,8 +508,8 @@ def check_text_classification(raw: RawSplits, kw: dict[str, Any]) -> TextClassif
         for i, row in enumerate(split):
             label = labels[i] if labels is not None else label_of(row)
             if label not in index:
-                raise DataError(f"{row.where}: label {label!r} does not occur in the training "
-                                f"data ({', '.join(names)}).", hint=_unseen_hint(raw))
+                raise _unknown_class(row.where, "label", label, names, hub_names is not None,
+                                     raw)
             ex = {"text": text_of(row, text_col), "label": index[label]}
             if pair_col:
                 ex["text_pair"] = text_of(row, pair_col)
@@ -574,8 +591,8 @@ def check_token_classification(raw: RawSplits, kw: dict[str, Any]) -> TokenClass
             tokens, tags = pairs[i] if pairs is not None else pair(row)
             unknown = [t for t in tags if t not in index]
             if unknown:
-                raise DataError(f"{row.where}: tag {unknown[0]!r} does not occur in the "
-                                f"training data ({', '.join(names)}).", hint=_unseen_hint(raw))
+                raise _unknown_class(row.where, "tag", unknown[0], names, hub_names is not None,
+                                     raw)
             out.append({"tokens": tokens, "tags": [index[t] for t in tags]})
         return out
 

@@ -84,14 +84,16 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def check_replicas_agree(model: nn.Module) -> None:
-    """Under a distributed launch, check that every rank ends training with the same weights.
+    """Under a distributed launch, check that every rank ends training with the same parameters.
 
     DDP averages the gradients, and the pruning masks and QAT act alike on every rank, so the
     parameters must be identical; a difference means a rank trained something the others did
-    not (and the main process would export only its own copy).
+    not (and the main process would export only its own copy). Buffers are not compared: QAT
+    observers added during training see each rank's own data by design.
 
     Raises:
-        TrainingError: the ranks' parameters differ (the first differing one is named).
+        TrainingError: on every rank, naming the first rank and parameter that differ from
+            rank 0's.
     """
     import torch.distributed as dist
 
@@ -99,16 +101,18 @@ def check_replicas_agree(model: nn.Module) -> None:
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return
-    names = [name for name, _ in model.named_parameters()]
-    local = [float(p.detach().double().sum()) for p in model.parameters()]
+    mine = ([name for name, _ in model.named_parameters()],
+            [float(p.detach().double().sum()) for p in model.parameters()])
     gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (names, local))
+    dist.all_gather_object(gathered, mine)
+    names, reference = gathered[0]
     for rank, (other_names, sums) in enumerate(gathered[1:], start=1):
         if other_names != names:
             raise TrainingError(f"Rank {rank} ended training with other parameters than rank 0.")
-        for name, mine, theirs in zip(names, local, sums):
-            if mine != theirs:
+        for name, ref, theirs in zip(names, reference, sums):
+            if ref != theirs:
                 raise TrainingError(
                     f"Rank {rank}'s '{name}' differs from rank 0's after training "
-                    f"(sums {theirs!r} vs {mine!r}): the data-parallel replicas diverged.")
-    logger.info("Data-parallel check: weights identical on all %d ranks.", dist.get_world_size())
+                    f"(sums {theirs!r} vs {ref!r}): the data-parallel replicas diverged.")
+    logger.info("Data-parallel check: parameters identical on all %d ranks.",
+                dist.get_world_size())

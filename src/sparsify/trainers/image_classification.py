@@ -209,6 +209,8 @@ class ImageClassificationTask:
         self.qat = lifecycle.qat_active
         # The whole validation set (the prepared loader holds this rank's shard only).
         final = self.evaluate(self.model, _loader(self.val_ds, batch_size), None)
+        logger.info("Final model on the %d validation images: %s", self.last_eval_count,
+                    ", ".join(f"{k}={v:.4f}" for k, v in final.items()))
         final["sparsity"] = prunable_sparsity(self.model)["overall"]
         return TrainResult(final, best, best_epoch, epochs, history, time.monotonic() - started)
 
@@ -238,6 +240,7 @@ class ImageClassificationTask:
             model.train()
         if count == 0:
             raise DataError("The validation set is empty.")
+        self.last_eval_count = count
         metrics = {"top1": top1 / count, "loss": loss_sum / count}
         if len(self.class_names) >= 5:
             metrics["top5"] = top5 / count

@@ -303,13 +303,14 @@ def _load_checkpoint(path: Path, arch_key: str | None) -> tuple[nn.Module, str]:
     model = build_arch(arch_key, num_classes)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        owner = "" if arch_key in EFFICIENTNET_LITE else "torchvision's "
+        owner = ("" if arch_key in EFFICIENTNET_LITE
+                 else "timm's " if arch_key.startswith("timm:") else "torchvision's ")
         raise ModelNotFoundError(
             f"{path} does not match {owner}'{arch_key}': missing {len(missing)} keys "
             f"(e.g. {missing[:3]}), unexpected {len(unexpected)} (e.g. {unexpected[:3]}).",
-            hint="Read: torchvision parameter names, SparseML's ResNet v1 layout (input.conv, "
-                 "sections.N.M, classifier.fc) and efficientnet_pytorch's EfficientNet-Lite "
-                 "layout. Check the arch_key.")
+            hint="Read: torchvision and timm parameter names, SparseML's ResNet v1 layout "
+                 "(input.conv, sections.N.M, classifier.fc) and efficientnet_pytorch's "
+                 "EfficientNet-Lite layout. Check the arch_key.")
     return model, arch_key
 
 
