@@ -8,8 +8,9 @@ integer kernels or with float arithmetic plus conversion overhead (see
   (after a ReLU/ReLU6 when one follows) → ``QLinearConv``.
 * ``Linear``: DequantizeLinear on input and weight → ``MatMulIntegerToFloat`` / ``QGemm``; with
   a QuantizeLinear on the output as well → ``QLinearMatMul`` / ``QGemm`` with integer output.
-* residual ``Add``: both inputs quantized and its output quantized (by the ReLU after it) →
-  ``QLinearAdd``; global average pooling → ``QLinearGlobalAveragePool``; max pooling and
+* residual ``Add``: both inputs quantized and its output quantized (by the ReLU after it, or,
+  for a block that returns the sum as MobileNetV2's inverted residuals do, by a
+  ``residual_output_quant`` on the block's output) → ``QLinearAdd``; global average pooling → ``QLinearGlobalAveragePool``; max pooling and
   flattening keep the quantization parameters of their input, so ONNX Runtime runs them on
   integers.
 
@@ -1061,14 +1062,79 @@ def prepare_qat_(model: nn.Module, config: QuantizationConfig | None = None) -> 
             module._qat_fused_activation = kind
             module.output_quant.fused_activation = kind
 
+    residuals = 0
+    if gm is not None and config.quantize_conv_activations:
+        for name in _residual_output_modules(model, gm):
+            if not any(_under(name, p) for p in (config.submodules or [""])):
+                continue
+            block = model.get_submodule(name)
+            block.add_module("residual_output_quant", FakeQuantizer(config.averaging_constant))
+            block.register_forward_hook(_quantize_residual_output)
+            residuals += 1
+
     n_weighted = sum(1 for _, _, t in selected if t in _WEIGHTED_SWAPS.values())
     logger.info(
         "Prepared QAT: %d conv/linear layers, %d other modules fake-quantized (%d ReLUs fused "
-        "into the layer before).",
+        "into the layer before, %d residual sums quantized).",
         n_weighted, len(selected) - n_weighted,
         sum(1 for n in fusable if n in swapped and model.get_submodule(n)._qat_fused_activation),
+        residuals,
     )
     return model
+
+
+def _is_tensor_add(node) -> bool:
+    import operator
+
+    import torch.fx
+
+    if node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add):
+        args = node.args[:2]
+    elif node.op == "call_method" and node.target in ("add", "add_"):
+        args = node.args[:2]
+    else:
+        return False
+    return len(args) == 2 and all(isinstance(a, torch.fx.Node) for a in args)
+
+
+def _residual_output_modules(model: nn.Module, gm) -> list[str]:
+    """Modules whose output is a tensor sum made inside them (``return x + self.conv(x)``, the
+    inverted-residual blocks of MobileNetV2 / EfficientNet-Lite).
+
+    Such a sum often feeds both the next block and the next residual; with nothing quantizing
+    it, ONNX Runtime keeps every such ``Add`` in float. Quantizing the module's output makes
+    it ``QLinearAdd``, and every consumer reads the same QuantizeLinear. Sums used inside their
+    module (ResNet's ``out += identity`` before the block's ReLU) are left to that ReLU.
+    """
+    found: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if not _is_tensor_add(node):
+            continue
+        stack = list(node.meta.get("nn_module_stack", {}))
+        if not stack or not isinstance(stack[-1], str):
+            continue
+        owner = stack[-1]
+        if any(owner in u.meta.get("nn_module_stack", {}) for u in node.users):
+            continue  # used again inside its module: not the module's output
+        try:
+            module = model.get_submodule(owner)
+        except AttributeError:  # a key that is not a module path
+            continue
+        if isinstance(module, _QATModule) or type(module) in _WEIGHTED_SWAPS:
+            continue
+        found[owner] = found.get(owner, 0) + 1
+    return [name for name, n in found.items() if n == 1]
+
+
+def _quantize_residual_output(module: nn.Module, inputs: tuple, output: object) -> object:
+    """Forward hook: quantize a residual block's sum when the block runs on quantized input
+    (a block in a float region, e.g. outside the recipe's ``submodules``, stays float)."""
+    if not isinstance(output, torch.Tensor) or _tag_of(output) is not None:
+        return output
+    first = inputs[0] if inputs else None
+    if not isinstance(first, torch.Tensor) or _tag_of(first) is None:
+        return output
+    return module.residual_output_quant(output)
 
 
 def _followed_by_bn(gm, model: nn.Module, name: str) -> bool:

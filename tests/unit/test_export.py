@@ -30,6 +30,7 @@ from sparsify.export import (
     compare_with_torch,
     count_qdq,
     export_onnx,
+    float_ops_on_dequantized_inputs,
     integer_kernel_count,
     measure_latency,
     onnx_weight_sparsity,
@@ -169,6 +170,25 @@ def test_resnet18_int8_graph_has_an_integer_kernel_for_every_layer(resnet18):
     assert counts.get("QGemm") == 1
     assert counts.get("QuantizeLinear") == 1 and counts.get("DequantizeLinear") == 1
     assert not {"Conv", "FusedConv", "Add", "Gemm"} & counts.keys()
+
+
+def test_mobilenet_v2_residual_sums_become_qlinearadd_and_agree(tmp_path):
+    """Inverted residuals (``return x + self.conv(x)``, the sum feeding the next block and the
+    next residual) are quantized at the block output: every Add runs on integers."""
+    torch.manual_seed(0)
+    model = randomize_bn_(torchvision.models.mobilenet_v2(num_classes=4))
+    prepare_qat_(model)
+    hooked = [n for n, m in model.named_modules() if hasattr(m, "residual_output_quant")]
+    assert len(hooked) == 10 and all(n.startswith("features.") for n in hooked)
+    calibrate(model, lambda: torch.randn(8, 3, 32, 32))
+    fold_qat_batchnorm_(model)
+    path = export_image_model(model, tmp_path / "mnv2.onnx", 32)
+    counts = optimized_graph_op_counts(path)
+    assert counts.get("QLinearAdd") == 10
+    assert "Add" not in counts
+    assert float_ops_on_dequantized_inputs(path) == {"GlobalAveragePool": 1}
+    result = compare_with_torch(model, path, images(32, 32))
+    assert result["top1_agreement"] >= 0.99
 
 
 def test_resnet18_int8_agrees_with_pytorch_within_measured_tolerance(resnet18):
