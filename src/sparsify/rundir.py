@@ -25,15 +25,29 @@ def propose_run_dir(working_dir: Path, use_case_id: str, now: _dt.datetime | Non
 
 
 def create_run_dir(working_dir: Path, use_case_id: str) -> Path:
-    """Create the run folder atomically (``mkdir`` fails if another run took the name)."""
-    working_dir.mkdir(parents=True, exist_ok=True)
-    while True:
-        candidate = propose_run_dir(working_dir, use_case_id)
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        return candidate
+    """Create the run folder atomically (``mkdir`` fails if another run took the name).
+
+    Raises:
+        UsageError: the working directory cannot be created or written (the reason given).
+    """
+    from sparsify.errors import UsageError
+
+    try:
+        working_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            candidate = propose_run_dir(working_dir, use_case_id)
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
+            return candidate
+    except FileExistsError:
+        raise UsageError(f"--working-dir {working_dir}: a file is in the way of that folder.",
+                         hint="Pass --working-dir a folder (it is created if missing).") from None
+    except OSError as exc:
+        raise UsageError(f"Cannot create the run folder under --working-dir {working_dir}: "
+                         f"{exc.strerror or exc}.",
+                         hint="Pass --working-dir a folder you can write to.") from None
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -70,3 +70,12 @@ def torch_equal(a, b):
     import torch
 
     return torch.equal(a, b)
+
+
+def test_unwritable_working_dir_is_a_usage_error_not_a_crash(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(cli, ["sparse-transfer", "--use-case", "ic", "--data", "x",
+                                      "--working-dir", str(tmp_path / "afile" / "runs")])
+    assert result.exit_code == 2, result.output
+    assert "Cannot create the run folder under --working-dir" in result.output
+    assert "unexpected failure" not in result.output and "Traceback" not in result.output
