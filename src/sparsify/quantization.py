@@ -28,6 +28,9 @@ How it is done, and what it means for parameter names (pruning masks are keyed b
   ``layer1.0.bn1.bias`` becomes ``layer1.0.conv1.bias`` (the same object, so an optimizer that
   held it keeps training it). The BatchNorm module is replaced by ``nn.Identity``, so its
   ``weight``/``bias``/running statistics disappear from ``named_parameters``/``state_dict``.
+  A BatchNorm with its activation inside (timm's ``BatchNormAct2d``) is folded the same way;
+  its activation stays in its place (a ReLU/ReLU6 moves into the conv before the output
+  quantization, as for a separate ReLU module).
 * Quantized activations are tracked by tagging the fake-quantized output tensor, so a tensor is
   quantized once by its producer and every consumer re-uses the same QuantizeLinear.
 
@@ -555,14 +558,45 @@ class _QATBatchNormMixin(_QATModule):
         self.output_quant = FakeQuantizer(config.averaging_constant) if quantize_output else None
         self._qat_fused_activation = None
         self._qat_stats_frozen = False
+        if _bn_with_activation(self) and isinstance(self.drop, nn.Identity):
+            # A ReLU/ReLU6 inside the BatchNorm is applied before the output quantization
+            # (Conv -> Relu -> QuantizeLinear: fused into QLinearConv).
+            kind = _ACTIVATION_KINDS.get(type(self.act))  # type: ignore[arg-type]
+            if kind is not None:
+                self._qat_fused_activation = kind
+                if self.output_quant is not None:
+                    self.output_quant.fused_activation = kind
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._qat_stats_frozen and self.training:
             y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                              False, 0.0, self.eps)
         else:
-            y = super().forward(x)  # type: ignore[misc]
-        return _QATWeightedMixin._qat_output(self, y)  # type: ignore[arg-type]
+            y = nn.modules.batchnorm._BatchNorm.forward(self, x)  # type: ignore[arg-type]
+        y = _QATWeightedMixin._qat_output(self, y)  # type: ignore[arg-type]
+        if _bn_with_activation(self) and self._qat_fused_activation is None:
+            # BatchNorm + activation (timm): quantized before the activation, which stays
+            # float (ONNX Runtime's QLinearConv needs the QuantizeLinear right after the conv).
+            y = self.act(self.drop(y))  # type: ignore[operator]
+        return y
+
+
+_QAT_BN_CLASSES: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+def _qat_bn_class(bn_type: type[nn.Module]) -> type[nn.Module]:
+    """The QAT class for a BatchNorm class: ours for torch's, a subclass of the user's class
+    with the QAT behaviour for one with an activation tail (timm's ``BatchNormAct2d``)."""
+    if bn_type in _BN_SWAPS:
+        return _BN_SWAPS[bn_type]
+    if bn_type not in _QAT_BN_CLASSES:
+        name = f"QAT{bn_type.__name__}"
+        while name in globals():  # another library's class of the same name
+            name += "_"
+        cls = type(name, (_QATBatchNormMixin, bn_type), {"__module__": __name__})
+        globals()[name] = cls  # so a pickled model finds its class again in this process
+        _QAT_BN_CLASSES[bn_type] = cls
+    return _QAT_BN_CLASSES[bn_type]
 
 
 class QATBatchNorm1d(_QATBatchNormMixin, nn.BatchNorm1d):
@@ -732,9 +766,15 @@ def _fx_trace(model: nn.Module):  # -> torch.fx.GraphModule | None
     try:
         import torch.fx
 
+        class _Tracer(torch.fx.Tracer):
+            # BatchNorm subclasses (timm's BatchNormAct2d: BatchNorm + activation) stay one
+            # node, so a Conv -> BatchNorm pair is seen whatever the BatchNorm's class.
+            def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+                return isinstance(m, _BN_TYPES) or super().is_leaf_module(m, qualname)
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.fx.symbolic_trace(model)
+            return torch.fx.GraphModule(model, _Tracer().trace(model))
     except Exception as exc:  # any tracing failure means "no graph": callers fall back
         logger.debug("torch.fx cannot trace %s (%s)", type(model).__name__, exc)
         return None
@@ -838,8 +878,9 @@ def fuse_conv_bn_(model: nn.Module) -> list[tuple[str, str]]:
     """
     pairs = conv_bn_pairs(model)
     for conv_name, bn_name in pairs:
-        _fold_bn_into_conv(model.get_submodule(conv_name), model.get_submodule(bn_name))
-        _replace_with_identity(model, bn_name)
+        bn = model.get_submodule(bn_name)
+        _fold_bn_into_conv(model.get_submodule(conv_name), bn)
+        _replace_with_identity(model, bn_name, _bn_tail(bn, activation_applied=False))
     if pairs:
         logger.info("Folded %d BatchNorm layers into convolutions.", len(pairs))
     return pairs
@@ -853,17 +894,42 @@ def conv_bn_pairs(model: nn.Module, gm=None) -> list[tuple[str, str]]:
     usable = []
     for conv_name, bn_name in pairs:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
-        if bn.running_mean is None or bn.running_var is None:
+        if not _foldable_bn(bn):
+            logger.warning("Not folding %s: %s has its own forward.", bn_name, type(bn).__name__)
+        elif bn.running_mean is None or bn.running_var is None:
             logger.warning("Not folding %s: it tracks no running statistics.", bn_name)
         elif bn.num_features == conv.out_channels:
             usable.append((conv_name, bn_name))
     return usable
 
 
-def _replace_with_identity(model: nn.Module, name: str) -> None:
+def _replace_with_identity(model: nn.Module, name: str, by: nn.Module | None = None) -> None:
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, nn.Identity())
+    setattr(parent, attr, by if by is not None else nn.Identity())
+
+
+def _bn_with_activation(bn: nn.Module) -> bool:
+    """A BatchNorm that applies dropout and an activation after normalising (timm's
+    ``BatchNormAct2d``: ``act(drop(batch_norm(x)))``)."""
+    return isinstance(bn, _BN_TYPES) and isinstance(getattr(bn, "act", None), nn.Module) \
+        and isinstance(getattr(bn, "drop", None), nn.Module)
+
+
+def _foldable_bn(bn: nn.Module) -> bool:
+    """Plain BatchNorm (or its QAT class), or one with a known activation tail."""
+    return type(bn) in _BN_SWAPS or isinstance(bn, _QATBatchNormMixin) \
+        or _bn_with_activation(bn)
+
+
+def _bn_tail(bn: nn.Module, activation_applied: bool) -> nn.Module:
+    """What stays where a folded BatchNorm was: nothing, or its dropout and activation (unless
+    the conv before now applies that activation itself)."""
+    if not _bn_with_activation(bn) or activation_applied:
+        return nn.Identity()
+    if isinstance(bn.drop, nn.Identity):
+        return bn.act
+    return nn.Sequential(bn.drop, bn.act)
 
 
 def has_unfolded_qat_batchnorm(model: nn.Module) -> bool:
@@ -892,7 +958,9 @@ def fold_qat_batchnorm_(model: nn.Module) -> int:
         _fold_bn_into_conv(conv, bn)
         conv.output_quant = bn.output_quant
         conv._qat_fused_activation = bn._qat_fused_activation
-        _replace_with_identity(model, bn_name)
+        _replace_with_identity(model, bn_name,
+                               _bn_tail(bn, activation_applied=bn._qat_fused_activation
+                                        is not None))
         done += 1
     if done:
         logger.info("Folded %d BatchNorm layers into their quantized convolutions.", done)
@@ -1043,7 +1111,7 @@ def prepare_qat_(model: nn.Module, config: QuantizationConfig | None = None) -> 
             bn_name = bn_of[name]
             bn = model.get_submodule(bn_name)
             bn_type = type(bn).__name__
-            bn.__class__ = _BN_SWAPS[type(bn)]
+            bn.__class__ = _qat_bn_class(type(bn))
             bn._qat_original_type = bn_type
             bn._qat_setup(config, module.output_quant is not None)
             module.output_quant = None

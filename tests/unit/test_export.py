@@ -413,3 +413,50 @@ def test_float_ops_on_dequantized_inputs_finds_operators_without_integer_kernels
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, tmp_path / "m.onnx")
     assert float_ops_on_dequantized_inputs(tmp_path / "m.onnx") == {"HardSigmoid": 1, "Mul": 1}
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """Like timm's BatchNormAct2d: ``act(drop(batch_norm(x)))`` in one module."""
+
+    def __init__(self, channels: int, act: nn.Module) -> None:
+        super().__init__(channels)
+        self.drop = nn.Identity()
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
+def test_batchnorm_with_activation_is_folded_and_its_activation_kept(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), BatchNormAct(8, nn.ReLU()),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False), BatchNormAct(8, nn.Hardswish()),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    randomize_bn_(model)
+    reference = copy.deepcopy(model).eval()
+    prepare_qat_(model)
+    calibrate(model, lambda: torch.randn(8, 3, 16, 16))
+    assert fold_qat_batchnorm_(model) == 2
+    assert isinstance(model[1], nn.Identity)  # the ReLU now runs inside the first conv
+    assert isinstance(model[3], nn.Hardswish)  # kept after the second conv's quantization
+    model.eval()
+    x = torch.randn(4, 3, 16, 16)
+    # Folded INT8 simulation stays close to the float network it came from.
+    assert (model(x) - reference(x)).abs().max() < 0.1 * reference(x).abs().max() + 0.05
+    path = export_image_model(model, tmp_path / "bnact.onnx", 16)
+    counts = optimized_graph_op_counts(path)
+    assert counts.get("QLinearConv") == 2 and "BatchNormalization" not in counts
+    assert compare_with_torch(model, path, images(16, 16))["top1_agreement"] >= 0.99
+
+
+def test_timm_regnet_runs_on_integers_only(tmp_path):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("regnetx_002", num_classes=4)
+    prepare_qat_(model)
+    calibrate(model, lambda: torch.randn(8, 3, 32, 32))
+    assert fold_qat_batchnorm_(model) == 44  # every BatchNormAct2d
+    path = export_image_model(model, tmp_path / "regnet.onnx", 32)
+    assert "BatchNormalization" not in optimized_graph_op_counts(path)
+    assert float_ops_on_dequantized_inputs(path) == {}
