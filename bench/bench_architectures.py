@@ -31,6 +31,7 @@ ARCHITECTURES = [
     ("MobileNetV3-small (torchvision)", "mobilenet_v3_small", "0.5"),
     ("EfficientNet-Lite0", "efficientnet_lite0", "0.5"),
     ("ResNet-10t (timm)", "timm:resnet10t", "0.5"),
+    ("RegNetX-200MF (timm, BatchNormAct2d)", "timm:regnetx_002", "0.5"),
     ("MobileNetV3-small-050 (timm)", "timm:mobilenetv3_small_050", "0.5"),
 ]
 
