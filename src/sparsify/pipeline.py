@@ -13,7 +13,7 @@ import click
 
 from sparsify.errors import MissingExtraError, SparsifyError, UsageError
 from sparsify.plan import SPARSE_MODEL_THRESHOLD, Plan, choose_recipe, plan_to_yaml
-from sparsify.rundir import create_run_dir, write_text_atomic
+from sparsify.rundir import create_run_dir, launch_rank, write_text_atomic
 from sparsify.trainers import TRAINERS
 
 logger = logging.getLogger(__name__)
@@ -103,11 +103,6 @@ def resolve_teacher(plan: Plan, task: Any) -> Any:
     return task.load_teacher(locate_model(plan.use_case, plan.band, plan.teacher))
 
 
-def launch_rank() -> tuple[int, int]:
-    """``(rank, world size)`` of a ``torchrun`` / ``accelerate launch`` start; ``(0, 1)`` alone."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def _shared_run_dir(working_dir: Path, use_case_id: str, device: str) -> Path:
     """Under a distributed launch the main process creates the run folder and every other rank
     is told its name (one folder per run, not one per process)."""
@@ -153,7 +148,7 @@ def sparse_transfer(plan: Plan, data: str, working_dir: Path) -> Path:
         logging.getLogger().setLevel(logging.ERROR)
         scratch = Path(tempfile.mkdtemp(prefix=f"sparsify-rank{rank}-"))
         try:
-            _stages(plan, data, scratch, build_task, main=False)
+            _stages(plan, data, scratch, build_task, main=False, distributed=True)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return run_dir
@@ -162,7 +157,7 @@ def sparse_transfer(plan: Plan, data: str, working_dir: Path) -> Path:
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(file_log)
     try:
-        return _stages(plan, data, run_dir, build_task)
+        return _stages(plan, data, run_dir, build_task, distributed=world > 1)
     finally:
         logging.getLogger().removeHandler(file_log)
         file_log.close()
@@ -210,7 +205,8 @@ def _prepare_together(plan: Plan, data: str, run_dir: Path, build_task: Any, mai
     return result
 
 
-def _stages(plan: Plan, data: str, run_dir: Path, build_task: Any, main: bool = True) -> Path:
+def _stages(plan: Plan, data: str, run_dir: Path, build_task: Any, main: bool = True,
+            distributed: bool = False) -> Path:
     from sparsify.export.onnx_export import float_ops_on_dequantized_inputs
     from sparsify.report import (
         build_metrics, measure_latencies, slow_int8_warning, summary_table, write_metrics,
@@ -220,7 +216,7 @@ def _stages(plan: Plan, data: str, run_dir: Path, build_task: Any, main: bool = 
     if main:
         write_text_atomic(run_dir / "plan.yaml", plan_to_yaml(plan, {"data": data}))
     try:
-        if launch_rank()[1] > 1:
+        if distributed:
             task, recipe, teacher = _prepare_together(plan, data, run_dir, build_task, main)
         else:
             task, recipe, teacher = _prepare(plan, data, run_dir, build_task)

@@ -10,9 +10,9 @@ integer kernels or with float arithmetic plus conversion overhead (see
   a QuantizeLinear on the output as well → ``QLinearMatMul`` / ``QGemm`` with integer output.
 * residual ``Add``: both inputs quantized and its output quantized (by the ReLU after it, or,
   for a block that returns the sum as MobileNetV2's inverted residuals do, by a
-  ``residual_output_quant`` on the block's output) → ``QLinearAdd``; global average pooling → ``QLinearGlobalAveragePool``; max pooling and
-  flattening keep the quantization parameters of their input, so ONNX Runtime runs them on
-  integers.
+  ``residual_output_quant`` on the block's output) → ``QLinearAdd``; global average pooling
+  → ``QLinearGlobalAveragePool``; max pooling and flattening keep the quantization
+  parameters of their input, so ONNX Runtime runs them on integers.
 
 How it is done, and what it means for parameter names (pruning masks are keyed by them):
 
@@ -880,7 +880,7 @@ def fuse_conv_bn_(model: nn.Module) -> list[tuple[str, str]]:
     for conv_name, bn_name in pairs:
         bn = model.get_submodule(bn_name)
         _fold_bn_into_conv(model.get_submodule(conv_name), bn)
-        _replace_with_identity(model, bn_name, _bn_tail(bn, activation_applied=False))
+        _replace_module(model, bn_name, _bn_tail(bn, activation_applied=False))
     if pairs:
         logger.info("Folded %d BatchNorm layers into convolutions.", len(pairs))
     return pairs
@@ -903,7 +903,8 @@ def conv_bn_pairs(model: nn.Module, gm=None) -> list[tuple[str, str]]:
     return usable
 
 
-def _replace_with_identity(model: nn.Module, name: str, by: nn.Module | None = None) -> None:
+def _replace_module(model: nn.Module, name: str, by: nn.Module | None = None) -> None:
+    """Put ``by`` (default ``nn.Identity()``) where the submodule ``name`` was."""
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, attr, by if by is not None else nn.Identity())
@@ -958,7 +959,7 @@ def fold_qat_batchnorm_(model: nn.Module) -> int:
         _fold_bn_into_conv(conv, bn)
         conv.output_quant = bn.output_quant
         conv._qat_fused_activation = bn._qat_fused_activation
-        _replace_with_identity(model, bn_name,
+        _replace_module(model, bn_name,
                                _bn_tail(bn, activation_applied=bn._qat_fused_activation
                                         is not None))
         done += 1

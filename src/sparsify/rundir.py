@@ -8,6 +8,11 @@ import tempfile
 from pathlib import Path
 
 
+def launch_rank() -> tuple[int, int]:
+    """``(rank, world size)`` of a ``torchrun`` / ``accelerate launch`` start; ``(0, 1)`` alone."""
+    return int(os.environ.get("RANK") or 0), int(os.environ.get("WORLD_SIZE") or 1)
+
+
 def run_folder_name(use_case_id: str, now: _dt.datetime | None = None) -> str:
     """``sparse_transfer_<use_case>_<YYYY_MM_DD_HH_MM_SS>``."""
     stamp = (now or _dt.datetime.now()).strftime("%Y_%m_%d_%H_%M_%S")

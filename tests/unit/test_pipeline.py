@@ -51,6 +51,7 @@ def test_yolo_under_a_distributed_launch_is_refused_before_anything(monkeypatch,
 def test_teacher_self_warns_when_the_head_was_replaced(caplog):
     from types import SimpleNamespace
 
+    import torch
     from torch import nn
 
     from sparsify.pipeline import resolve_teacher
@@ -59,17 +60,11 @@ def test_teacher_self_warns_when_the_head_was_replaced(caplog):
     plan = SimpleNamespace(teacher="self")
     with caplog.at_level("WARNING"):
         teacher = resolve_teacher(plan, SimpleNamespace(baseline=base, head_replaced=False))
-    assert teacher is not base and torch_equal(teacher.weight, base.weight)
+    assert teacher is not base and torch.equal(teacher.weight, base.weight)
     assert "teaches noise" not in caplog.text
     with caplog.at_level("WARNING"):
         resolve_teacher(plan, SimpleNamespace(baseline=base, head_replaced=True))
     assert "teaches noise" in caplog.text and "--teacher disable" in caplog.text
-
-
-def torch_equal(a, b):
-    import torch
-
-    return torch.equal(a, b)
 
 
 def test_unwritable_working_dir_is_a_usage_error_not_a_crash(tmp_path):

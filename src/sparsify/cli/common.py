@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from typing import NoReturn
@@ -11,12 +10,13 @@ from typing import NoReturn
 import click
 
 from sparsify.errors import SparsifyError
+from sparsify.rundir import launch_rank
 
 
 def _rank_prefix() -> str:
     """``[rank N] `` for the other processes of a torchrun / accelerate launch, else empty."""
-    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
-    return f"[rank {rank}] " if world not in ("", "1") and rank != "0" else ""
+    rank, world = launch_rank()
+    return f"[rank {rank}] " if world > 1 and rank != 0 else ""
 
 
 def fail(error: SparsifyError, debug: bool) -> NoReturn:
@@ -37,7 +37,7 @@ def fail_unexpected(exc: BaseException, debug: bool) -> NoReturn:
     prefix = _rank_prefix()
     click.secho(f"{prefix}Error: unexpected failure: {type(exc).__name__}: {exc}", fg="red",
                 err=True)
-    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+    if launch_rank()[1] > 1:
         click.echo(f"{prefix}Hint: under a distributed launch this often follows the failure "
                    "of another process (a closed connection): read every process's message "
                    "first.", err=True)
