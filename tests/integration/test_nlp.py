@@ -103,7 +103,7 @@ def test_sentiment_from_one_csv(workspace):
     metrics = check_run(run, "accuracy")
     assert metrics["task_metrics"]["accuracy"] >= 0.9, metrics["task_metrics"]
     split = json.loads((run / "data_split.json").read_text())
-    assert split["rows"] == 240 and len(split["val_row_indices"]) == 24
+    assert split["num_train"] + split["num_val"] == 240 and len(split["val"]) == 24
     config = json.loads((run / "deployment/config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"}  # sorted string labels
     assert run_readme_example(run / "deployment") in ("positive", "negative")

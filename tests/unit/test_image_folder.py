@@ -18,24 +18,25 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS as TV_EXTENSIONS
 
-from sparsify.data import image_folder as imf
-from sparsify.data.image_folder import (
+from sparsify.data import image_datasets as imd
+from sparsify.data.image_datasets import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    IMG_EXTENSIONS,
-    DataSplit,
     build_datasets,
-    download_file,
-    extract_tar_safely,
-    read_split,
-    resolve_named_image_dataset,
-    split_train_val,
     transform_config,
-    validate_image_folder,
+)
+from sparsify.data.image_folder import IMG_EXTENSIONS, validate_image_folder
+from sparsify.data.image_split import (
+    LEGACY_SPLIT_FORMAT,
+    DataSplit,
+    read_split,
+    split_train_val,
     write_split,
 )
+from sparsify.data.named_datasets import resolve_named_image_dataset
 from sparsify.data.synthetic import make_synthetic_image_folder
 from sparsify.errors import DataError
+from sparsify.fetch import download_file, extract_archive
 
 
 def _png(path: Path, colour: tuple[int, int, int] = (200, 30, 30), size: int = 8) -> Path:
@@ -280,7 +281,8 @@ def test_split_record_round_trip_is_relative_and_atomic(tmp_path: Path) -> None:
     assert write_split(record_path, split) == record_path
 
     raw = json.loads(record_path.read_text())
-    assert raw["train"]["x"][0] == "x/" + train["x"][0].name  # stored relative to the root
+    # stored relative to the root
+    assert raw["train"][0] == {"path": "x/" + train["x"][0].name, "label": "x"}
     assert raw["seed"] == 5 and raw["val_fraction"] == 0.3
     assert sorted(p.name for p in record_path.parent.iterdir()) == ["data_split.json"]
 
@@ -370,11 +372,11 @@ def test_transforms_and_transform_config() -> None:
     assert config["mean"] == list(IMAGENET_MEAN) and config["std"] == list(IMAGENET_STD)
     assert transform_config(160)["resize"] == 182
     image = Image.new("RGB", (50, 30), (255, 255, 255))
-    out = imf.build_eval_transform(24)(image)
+    out = imd.build_eval_transform(24)(image)
     assert out.shape == (3, 24, 24)
     expected = (1.0 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
     assert torch.allclose(out[0], torch.full((24, 24), expected), atol=1e-5)
-    assert imf.build_train_transform(24)(image).shape == (3, 24, 24)
+    assert imd.build_train_transform(24)(image).shape == (3, 24, 24)
     with pytest.raises(DataError, match="image_size"):
         transform_config(0)
 
@@ -410,6 +412,11 @@ def _file(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
     return tarfile.TarInfo(name), data
 
 
+def _extract_dataset_archive(archive: Path, dest: Path) -> Path:
+    """The named datasets' extraction: sparsify.fetch with DataError, links inside the tree kept."""
+    return extract_archive(archive, dest, error=DataError, allow_links=True)
+
+
 def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tuple[tarfile.TarInfo, None]:
     info = tarfile.TarInfo(name)
     info.type = kind
@@ -435,7 +442,7 @@ def test_safe_extraction_rejects_unsafe_members(
     archive = _tar_with(tmp_path / "a.tgz", [_file("ok/good.txt"), member])
     dest = tmp_path / "out"
     with pytest.raises(DataError) as exc_info:
-        extract_tar_safely(archive, dest)
+        _extract_dataset_archive(archive, dest)
     msg = exc_info.value.message
     assert member[0].name in msg and reason in msg and str(archive) in msg
     # Nothing is written when any member is unsafe.
@@ -447,7 +454,7 @@ def test_safe_extraction_extracts_a_good_archive(tmp_path: Path) -> None:
     archive = _tar_with(
         tmp_path / "a.tgz", [_file("top/a/1.txt", b"one"), _link("top/b", "a/1.txt")]
     )
-    extract_tar_safely(archive, tmp_path / "out")
+    _extract_dataset_archive(archive, tmp_path / "out")
     assert (tmp_path / "out" / "top" / "a" / "1.txt").read_bytes() == b"one"
     assert (tmp_path / "out" / "top" / "b").read_bytes() == b"one"
 
@@ -456,7 +463,7 @@ def test_damaged_archive_is_a_data_error(tmp_path: Path) -> None:
     archive = tmp_path / "a.tgz"
     archive.write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(DataError, match="damaged"):
-        extract_tar_safely(archive, tmp_path / "out")
+        _extract_dataset_archive(archive, tmp_path / "out")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,7 +542,7 @@ def test_truncated_download_leaves_no_file(tmp_path: Path, monkeypatch: pytest.M
     )
     dest = tmp_path / "dl" / "file.tgz"
     with pytest.raises(DataError) as exc_info:
-        download_file("https://example.invalid/file.tgz", dest)
+        download_file("https://example.invalid/file.tgz", dest, error=DataError, hint="offline")
     assert "incomplete" in exc_info.value.message and "10 of 1000" in exc_info.value.message
     assert list(dest.parent.iterdir()) == []
 
@@ -554,7 +561,8 @@ def test_download_writes_a_temporary_file_then_renames(
     monkeypatch.setattr(
         urllib.request, "urlopen", lambda *a, **k: _FakeResponse(data, len(data), on_read)
     )
-    assert download_file("https://example.invalid/file.bin", dest) == dest
+    assert download_file("https://example.invalid/file.bin", dest, error=DataError,
+                         hint="offline") == dest
     assert dest.read_bytes() == data
     assert seen and all(len(names) == 1 and names[0].endswith(".part") for names in seen)
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
@@ -594,3 +602,48 @@ def test_named_dataset_uses_an_archive_put_in_the_cache(
     assert folder == cache / "imagenette2"
     assert (folder / "val" / "n02102040" / "img.png").is_file()
     assert (cache / "imagenette2.tgz").is_file()  # the user's archive is kept
+
+
+def test_named_dataset_truncated_download_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = _imagenette_like_tgz("imagenette2-160")
+    monkeypatch.setattr(
+        urllib.request, "urlopen", lambda *a, **k: _FakeResponse(payload[:100], len(payload))
+    )
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError) as exc_info:
+        resolve_named_image_dataset("imagenette-160", cache_dir=cache)
+    assert "imagenette2-160.tgz" in exc_info.value.message
+    assert f"100 of {len(payload)}" in exc_info.value.message
+    assert str(cache) in exc_info.value.hint
+    assert list(cache.iterdir()) == []
+
+
+def test_named_dataset_archive_with_an_escaping_link_is_refused(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    archive = _tar_with(
+        cache / "imagenette2.tgz",
+        [_file("imagenette2/train/a/1.png"), _link("imagenette2/train/b", "../../../../etc")],
+    )
+    with pytest.raises(DataError) as exc_info:
+        resolve_named_image_dataset("imagenette", cache_dir=cache)
+    msg = exc_info.value.message
+    assert "imagenette2/train/b" in msg and "outside the destination" in msg
+    assert sorted(p.name for p in cache.iterdir()) == [archive.name]  # the user's archive kept
+
+
+def test_read_split_of_an_earlier_run(tmp_path: Path) -> None:
+    """Records written before the common format are still read."""
+    record = tmp_path / "data_split.json"
+    record.write_text(json.dumps({
+        "format": LEGACY_SPLIT_FORMAT, "version": 1, "root": str(tmp_path / "data"),
+        "class_names": ["x", "y"], "seed": 3, "val_fraction": 0.2, "max_train_samples": None,
+        "max_eval_samples": None, "num_train": 2, "num_val": 2,
+        "train": {"x": ["x/1.png"], "y": ["y/1.png"]},
+        "val": {"x": ["x/2.png"], "y": ["y/2.png"]}, "note": "kept"}))
+    split = read_split(record)
+    assert split.class_names == ("x", "y") and split.seed == 3 and split.val_fraction == 0.2
+    assert split.val["y"] == [tmp_path / "data" / "y" / "2.png"]
+    assert split.extra == {"note": "kept"}

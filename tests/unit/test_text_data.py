@@ -179,7 +179,7 @@ def test_split_is_seeded_stratified_and_recorded(tmp_path):
     assert a.val == b.val and len(a.val) == 10 and len(a.train) == 40
     assert sorted(e["label"] for e in a.val) == [0] * 5 + [1] * 5
     record = json.loads((tmp_path / "s.json").read_text())
-    assert record["seed"] == 7 and len(record["val_row_indices"]) == 10
+    assert record["seed"] == 7 and len(record["val"]) == 10
 
 
 def test_text_pairs_and_explicit_columns(tmp_path):

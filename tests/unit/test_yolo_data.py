@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from sparsify.data.synthetic_yolo import make_synthetic_yolo_dataset
+from sparsify.data.split import split_items
 from sparsify.data.yolo import (
-    check_label_file, is_named_dataset, label_path_for, split_images, stage_dataset,
-    validate_yolo_dataset,
+    check_label_file, is_named_dataset, label_path_for, stage_dataset, validate_yolo_dataset,
 )
 from sparsify.errors import DataError
 
@@ -76,10 +76,10 @@ def test_flat_layout_seeded_split_is_reproducible(tmp_path):
 
 def test_split_images_edge_cases(tmp_path):
     paths = [tmp_path / f"{i}.png" for i in range(3)]
-    train, val = split_images(paths, 0.9, 0)
+    train, val = split_items(paths, 0.9, 0)
     assert len(train) == 1 and len(val) == 2  # at least one image on each side
     with pytest.raises(DataError, match="at least 2"):
-        split_images(paths[:1], 0.2, 0)
+        split_items(paths[:1], 0.2, 0)
 
 
 def test_yaml_layout(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import re
 import tarfile
 import threading
 import zipfile
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sparsify.errors import ModelNotFoundError
+from sparsify import fetch
+from sparsify.errors import DataError, ModelNotFoundError
 from sparsify.zoo.catalog import Source
 from sparsify.zoo.download import (
     DownloadError, download_file, extract_archive, sha256_prefix_from_name,
@@ -172,3 +174,90 @@ def test_unsafe_zip_member_is_refused_and_safe_zip_extracts(tmp_path):
     with zipfile.ZipFile(good, "w") as zf:
         zf.writestr("training/model.pth", "w")
     assert (extract_archive(good, tmp_path / "out") / "training" / "model.pth").read_text() == "w"
+
+
+# --- the one I/O module (sparsify.fetch): the same refusals for the zoo and the datasets ------
+
+
+def _tar_of(path: Path, *members: tuple[str, bytes, str]) -> Path:
+    """A tar of (name, data, link target or '' for a file; 'HARD:x' for a hard link)."""
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data, link in members:
+            info = tarfile.TarInfo(name)
+            if link.startswith("HARD:"):
+                info.type, info.linkname = tarfile.LNKTYPE, link[5:]
+                tf.addfile(info)
+            elif link:
+                info.type, info.linkname = tarfile.SYMTYPE, link
+                tf.addfile(info)
+            else:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("error", [DataError, ModelNotFoundError])
+@pytest.mark.parametrize("allow_links", [True, False])
+@pytest.mark.parametrize("member,reason", [
+    (("../up.txt", b"x", ""), "contains '..'"),
+    (("d/../../up.txt", b"x", ""), "contains '..'"),
+    (("/abs.txt", b"x", ""), "absolute path"),
+    (("d/sym", b"", "../../outside"), "outside the destination|link or special file"),
+    (("d/abs-sym", b"", "/etc/passwd"), "absolute path|link or special file"),
+    (("d/hard", b"", "HARD:../outside"), "outside the destination|link or special file"),
+])
+def test_fetch_extraction_refuses_escaping_members(tmp_path, error, allow_links, member, reason):
+    archive = _tar_of(tmp_path / "a.tgz", ("d/ok.txt", b"ok", ""), member)
+    dest = tmp_path / "out"
+    with pytest.raises(error) as exc_info:
+        fetch.extract_archive(archive, dest, error=error, allow_links=allow_links)
+    msg = exc_info.value.message
+    assert member[0] in msg and str(archive) in msg and "refusing the archive" in msg
+    assert re.search(reason, msg)
+    assert not dest.exists() and not (tmp_path / "up.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tgz"]  # no temporary folder left
+
+
+def test_fetch_extraction_links_inside_the_tree_follow_the_policy(tmp_path):
+    archive = _tar_of(tmp_path / "a.tgz", ("d/ok.txt", b"ok", ""), ("d/sym", b"", "ok.txt"),
+                      ("d/hard", b"", "HARD:d/ok.txt"))
+    out = fetch.extract_archive(archive, tmp_path / "out", error=DataError, allow_links=True)
+    assert (out / "d" / "sym").read_bytes() == (out / "d" / "hard").read_bytes() == b"ok"
+    with pytest.raises(DataError, match="'d/sym' is a link or special file"):
+        fetch.extract_archive(archive, tmp_path / "strict", error=DataError, allow_links=False)
+    with pytest.raises(DataError, match="already exists"):
+        fetch.extract_archive(archive, out, error=DataError, allow_links=True)
+
+
+@pytest.mark.parametrize("name", ["../up.txt", "/abs.txt", "C:/win.txt", "a/../../up.txt"])
+def test_fetch_zip_refuses_escaping_names(tmp_path, name):
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ok.txt", "ok")
+        zf.writestr(name, "x")
+    with pytest.raises(DataError, match="refusing the archive"):
+        fetch.extract_archive(archive, tmp_path / "out", error=DataError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip"]
+
+
+def test_fetch_zip_refuses_a_symlink_member(tmp_path):
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        info = zipfile.ZipInfo("link")
+        info.external_attr = (0o120777 << 16)
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(DataError, match="'link' is not a plain file"):
+        fetch.extract_archive(archive, tmp_path / "out", error=DataError, allow_links=True)
+
+
+def test_fetch_download_error_names_the_url_and_the_offline_way(tmp_path):
+    url = (tmp_path / "missing.tgz").as_uri()
+    with pytest.raises(DataError) as exc_info:
+        fetch.download_file(url, tmp_path / "dl" / "x.tgz", error=DataError,
+                            hint="Put x.tgz in the cache yourself.", progress=False)
+    assert url in exc_info.value.message and str(tmp_path / "dl") in exc_info.value.message
+    assert "Put x.tgz in the cache yourself." in exc_info.value.hint
+    assert leftovers(tmp_path / "dl") == []
+    with pytest.raises(DownloadError) as zoo_exc:
+        download_file(url, tmp_path / "dl" / "m.pth", progress=False)
+    assert url in zoo_exc.value.message and "sparsify.zoo add" in zoo_exc.value.hint

@@ -5,8 +5,8 @@ Accepted inputs (``--data``):
 * a dataset YAML (``path``, ``train``, ``val``, ``names``), the Ultralytics format; ``train`` and
   ``val`` may each be a folder of images, a ``.txt`` list of image paths, or a list of those;
 * a folder laid out as ``images/{train,val}`` + ``labels/{train,val}``;
-* a folder with ``images/`` + ``labels/`` and no split: the validation images are drawn with a
-  seeded shuffle (:func:`split_images`);
+* a folder with ``images/`` + ``labels/`` and no split: the validation images are drawn by
+  :func:`sparsify.data.split.split_items` (seeded, not stratified: an image has no single label);
 * the name of a dataset Ultralytics knows (``coco8.yaml``, ``coco128.yaml``...): passed through
   untouched (Ultralytics downloads it when online).
 
@@ -23,21 +23,21 @@ reported. A label file without its image, and a dataset without validation image
 The checked dataset is *staged* into the run folder (:func:`stage_dataset`): ``dataset/`` with
 links to the images and copies of the labels, and ``dataset.yaml`` describing it. Ultralytics
 reads only the staged copy, so its label caches are written there and never into the user's
-data folder.
+data folder. ``data_split.json`` records which image went where (kind ``yolo`` of
+:mod:`sparsify.data.split`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import random
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparsify.data.split import relative_path, split_items, write_split_record
 from sparsify.errors import DataError
 from sparsify.rundir import write_text_atomic
 
@@ -79,6 +79,8 @@ class YoloDataset:
         split: ``given`` (train/val came with the data) or ``seeded`` (split here).
         instances: objects per side, ``{"train": n, "val": n}``.
         backgrounds: images without objects per side.
+        seed: the seed of a ``seeded`` split (None for a given one).
+        val_fraction: the share split off in a ``seeded`` split (None for a given one).
     """
 
     root: Path
@@ -89,6 +91,8 @@ class YoloDataset:
     split: str = "given"
     instances: dict[str, int] = field(default_factory=dict)
     backgrounds: dict[str, int] = field(default_factory=dict)
+    seed: int | None = None
+    val_fraction: float | None = None
 
     def summary(self) -> str:
         bg = self.backgrounds
@@ -338,30 +342,6 @@ def _unreadable_images(images: Sequence[Path]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Split
-# --------------------------------------------------------------------------------------------
-
-
-def split_images(images: Sequence[Path], val_fraction: float, seed: int
-                 ) -> tuple[list[Path], list[Path]]:
-    """Seeded split of ``images`` into ``(train, val)``; at least one image on each side.
-
-    The same images (in any order) and seed give the same split.
-
-    Raises:
-        DataError: fewer than two images.
-    """
-    if len(images) < 2:
-        raise DataError(f"Found {len(images)} image(s); a train/val split needs at least 2.")
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    ordered = sorted(images)
-    random.Random(seed).shuffle(ordered)
-    n_val = min(len(ordered) - 1, max(1, round(len(ordered) * val_fraction)))
-    return sorted(ordered[n_val:]), sorted(ordered[:n_val])
-
-
-# --------------------------------------------------------------------------------------------
 # Public entry points
 # --------------------------------------------------------------------------------------------
 
@@ -410,7 +390,10 @@ def validate_yolo_dataset(data: str | Path, task: str | None = None, *,
         if maybe_val is None:
             if not train:
                 raise DataError(f"No images in {root / 'images'}.", hint=_LAYOUT_HINT)
-            train, val = split_images(train, val_fraction, seed)
+            if len(train) < 2:
+                raise DataError(f"Found {len(train)} image(s) in {root / 'images'}; a train/val "
+                                "split needs at least 2.", hint=_LAYOUT_HINT)
+            train, val = split_items(sorted(train), val_fraction, seed)
             split = "seeded"
         else:
             val = maybe_val
@@ -453,6 +436,8 @@ def validate_yolo_dataset(data: str | Path, task: str | None = None, *,
 
     dataset = YoloDataset(
         root=root, names=names, task=task, train=pairs(train), val=pairs(val), split=split,
+        seed=seed if split == "seeded" else None,
+        val_fraction=val_fraction if split == "seeded" else None,
         instances={"train": sum(counts.get(i, 0) for i in train),
                    "val": sum(counts.get(i, 0) for i in val)},
         backgrounds={"train": sum(1 for i in train if not counts.get(i)),
@@ -481,9 +466,11 @@ def stage_dataset(dataset: YoloDataset, out_dir: Path) -> Path:
     ``out_dir/dataset/images/{train,val}`` link to the user's images (copies where links are not
     possible), ``out_dir/dataset/labels/{train,val}`` hold copies of the labels, and
     ``out_dir/dataset.yaml`` describes them; ``out_dir/data_split.json`` records which image went
-    where. Nothing is written into the user's data folder.
+    where (kind ``yolo``, see :mod:`sparsify.data.split`). Nothing is written into the user's
+    data folder.
     """
     staged = out_dir / "dataset"
+    root = dataset.root if dataset.root.is_dir() else dataset.root.parent
     record: dict[str, list[str]] = {}
     for side, pairs in (("train", dataset.train), ("val", dataset.val)):
         img_dir, lbl_dir = staged / "images" / side, staged / "labels" / side
@@ -499,7 +486,7 @@ def stage_dataset(dataset: YoloDataset, out_dir: Path) -> Path:
             _link_or_copy(image, img_dir / name)
             if label is not None:
                 shutil.copyfile(label, lbl_dir / (Path(name).stem + ".txt"))
-            record[side].append(str(image))
+            record[side].append(relative_path(image, root))
     config = {
         "path": str(staged.resolve()),
         "train": "images/train",
@@ -511,8 +498,9 @@ def stage_dataset(dataset: YoloDataset, out_dir: Path) -> Path:
 
     yaml_path = out_dir / "dataset.yaml"
     write_text_atomic(yaml_path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
-    write_text_atomic(out_dir / "data_split.json", json.dumps(
-        {"format": "sparsify.yolo_split", "version": 1, "source": str(dataset.root),
-         "split": dataset.split, "task": dataset.task, "names": dataset.names, **record},
-        indent=1) + "\n")
+    write_split_record(
+        out_dir / "data_split.json", kind="yolo", source=str(dataset.root), split=dataset.split,
+        seed=dataset.seed, val_fraction=dataset.val_fraction,
+        item="an image path, relative to root (absolute when outside it)",
+        root=str(root.resolve()), task=dataset.task, names=dataset.names, **record)
     return yaml_path

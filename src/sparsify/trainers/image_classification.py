@@ -51,9 +51,9 @@ class ImageClassificationTask:
     """Data + model for one run; ``train`` and ``export`` are the later stages."""
 
     def __init__(self, plan: Plan, data: str, run_dir: Path) -> None:
-        from sparsify.data.image_folder import (
-            build_datasets, resolve_named_image_dataset, validate_image_folder,
-        )
+        from sparsify.data.image_datasets import build_datasets
+        from sparsify.data.image_folder import validate_image_folder
+        from sparsify.data.named_datasets import resolve_named_image_dataset
         from sparsify.trainers.vision_models import load_image_model
 
         self.plan, self.run_dir = plan, run_dir
@@ -274,7 +274,7 @@ class ImageClassificationTask:
         )
 
     def _transform_config(self) -> dict[str, Any]:
-        from sparsify.data.image_folder import transform_config
+        from sparsify.data.image_datasets import transform_config
 
         return transform_config(self.image_size)
 
