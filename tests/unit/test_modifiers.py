@@ -344,7 +344,7 @@ m_modifiers:
 """)
     lc = ModifierLifecycle(recipe, tiny())
     assert lc.max_epochs == 3 and lc.controls_lr and not lc.qat_active
-    assert lc.qat_starts_at() is None
+    assert not lc.modifiers_of("QuantizationModifier")  # the recipe does not quantize
     with pytest.raises(RuntimeError, match="before initialize"):
         lc.batch_start()
     lc.initialize(None, 4)
@@ -392,7 +392,7 @@ m_modifiers:
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     lc = ModifierLifecycle(recipe, model)
     lc.initialize(opt, SPE)
-    assert lc.qat_starts_at() == 1.0
+    assert [m.start_epoch for m in lc.modifiers_of("QuantizationModifier")] == [1.0]
     seen = []
     for step in range(2 * SPE):
         lc.batch_start()

@@ -16,9 +16,10 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 pytest.importorskip("ultralytics")
 
 from sparsify.modifiers.lifecycle import ModifierLifecycle  # noqa: E402
+from sparsify.quantization import QATSiLU  # noqa: E402
 from sparsify.recipe.parser import parse_recipe  # noqa: E402
 from sparsify.trainers.detection import (  # noqa: E402
-    QATSiLU, _trainer_class, freeze_dfl_, mask_like_, quantize_conv_activations_,
+    _trainer_class, freeze_dfl_, mask_like_, quantize_conv_activations_,
 )
 
 RECIPE = """

@@ -59,12 +59,6 @@ class ModifierLifecycle:
         """Whether quantization-aware training has started (switch AMP / EMA off then)."""
         return bool(self.state.extras.get("qat_active"))
 
-    def qat_starts_at(self) -> float | None:
-        """The epoch QAT starts, or ``None`` when the recipe does not quantize."""
-        starts = [max(m.start_epoch, 0.0) for m in self.modifiers
-                  if type(m).__name__ == "QuantizationModifier"]
-        return min(starts) if starts else None
-
     @property
     def epoch(self) -> float:
         return Event(EventType.BATCH_START, self.step, self.state.steps_per_epoch).epoch

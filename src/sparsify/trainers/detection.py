@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sparsify.errors import DataError, ModelNotFoundError, TrainingError, UsageError
 from sparsify.plan import Plan
-from sparsify.quantization import FakeQuantizer, _QATModule, _tag_of
+from sparsify.quantization import QATSiLU, is_qat_prepared  # old checkpoints name QATSiLU here
 from sparsify.trainers.common import prunable_sparsity, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -61,27 +60,6 @@ class DetectionTrainResult:
 # --------------------------------------------------------------------------------------------
 
 
-class QATSiLU(_QATModule, nn.SiLU):
-    """SiLU between quantized tensors: ``x * sigmoid(x)`` with the sigmoid and the product
-    fake-quantized, so ONNX Runtime runs QLinearSigmoid and QLinearMul on integers.
-
-    Only applied where its input is already quantized (the output of a quantized Conv+BN); a
-    float input passes through a plain SiLU.
-    """
-
-    _qat_original_type = "SiLU"
-
-    def __init__(self, averaging_constant: float = 0.01) -> None:
-        super().__init__()
-        self.sigmoid_quant = FakeQuantizer(averaging_constant)
-        self.output_quant = FakeQuantizer(averaging_constant)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _tag_of(x) is None:
-            return F.silu(x)
-        return self.output_quant(x * self.sigmoid_quant(torch.sigmoid(x)))
-
-
 def quantize_conv_activations_(model: nn.Module, averaging_constant: float = 0.01) -> int:
     """Give every Ultralytics ``Conv`` whose conv is quantized its own :class:`QATSiLU`.
 
@@ -91,8 +69,6 @@ def quantize_conv_activations_(model: nn.Module, averaging_constant: float = 0.0
     Returns:
         The number of blocks changed.
     """
-    from sparsify.quantization import is_qat_prepared
-
     device = next(model.parameters()).device
     n = 0
     for module in model.modules():
