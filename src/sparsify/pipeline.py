@@ -2,32 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from sparsify.errors import MissingExtraError, SparsifyError, UsageError
 from sparsify.plan import SPARSE_MODEL_THRESHOLD, Plan, choose_recipe, plan_to_yaml
 from sparsify.rundir import create_run_dir, launch_rank, write_text_atomic
-from sparsify.trainers import TRAINERS
+from sparsify.families import FAMILIES
+from sparsify.trainers.base import Task, TrainResult
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from sparsify.recipe.parser import Recipe
+
+#: builds a domain's task from the plan, the data argument and the run folder
+TaskBuilder = Callable[[Plan, str, Path], Task]
 
 logger = logging.getLogger(__name__)
-
-
-#: use-case family -> modules its trainer imports (checked before anything starts).
-FAMILY_MODULES: dict[str, tuple[str, ...]] = {
-    "image_classification": ("torchvision", "PIL"),
-    "text_classification": ("transformers", "datasets"),
-    "token_classification": ("transformers", "datasets"),
-    "question_answering": ("transformers", "datasets"),
-    "detection": ("torchvision", "ultralytics"),
-    "segmentation": ("torchvision", "ultralytics"),
-}
 
 
 def _require(module: str, extra: str, purpose: str) -> None:
@@ -37,7 +37,7 @@ def _require(module: str, extra: str, purpose: str) -> None:
         raise MissingExtraError(module, extra, purpose) from None
 
 
-def load_task_builder(plan: Plan) -> Any:
+def load_task_builder(plan: Plan) -> TaskBuilder:
     """The domain's task builder, with its optional packages checked first.
 
     Raises:
@@ -45,27 +45,32 @@ def load_task_builder(plan: Plan) -> Any:
         SparsifyError: the use case has no trainer in this version (exit code 1).
     """
     uc = plan.use_case
-    if "ultralytics" in FAMILY_MODULES.get(uc.family, ()):
+    family = FAMILIES.get(uc.family)
+    if family is not None and "ultralytics" in family.modules:
         # Ultralytics pip-installs missing optional packages into the running environment
         # unless told not to (its env var is read once, at import): a run must not change it.
         os.environ.setdefault("YOLO_AUTOINSTALL", "false")
     for module in ("torch", "onnx", "onnxruntime", "accelerate"):
         _require(module, uc.extra, f"Training for {uc.id}")
-    target = TRAINERS.get(uc.family)
-    if target is None:
+    if family is None:
         raise SparsifyError(
             f"Training for {uc.id} is not available in this version; only "
-            f"{', '.join(TRAINERS)} runs end to end so far.",
+            f"{', '.join(FAMILIES)} runs end to end so far.",
             hint="--dry-run shows the plan and recipe for every use case.")
-    for module in FAMILY_MODULES.get(uc.family, ()):
+    for module in family.modules:
         _require(module, uc.extra, f"Training for {uc.id}")
-    module, _, func = target.partition(":")
+    module, _, func = family.trainer.partition(":")
     return getattr(importlib.import_module(module), func)
 
 
-def resolve_recipe(plan: Plan, model_sparsity: float) -> Any:
+def resolve_recipe(plan: Plan, model_sparsity: float) -> tuple[Plan, Recipe]:
     """The recipe stage: the shipped recipe is chosen again from the loaded model's measured
-    sparsity (constant masks if already sparse, gradual pruning if dense)."""
+    sparsity (constant masks if already sparse, gradual pruning if dense).
+
+    Returns:
+        The plan with the recipe as chosen (a new value; ``plan`` is not changed) and the
+        parsed recipe.
+    """
     from sparsify.recipe.parser import load_recipe
 
     name, args = plan.recipe, dict(plan.recipe_args)
@@ -79,12 +84,11 @@ def resolve_recipe(plan: Plan, model_sparsity: float) -> Any:
             args.pop("target_sparsity", None)
         elif "target_sparsity" not in args:
             args["target_sparsity"] = plan.target_sparsity
-        plan.recipe = name = chosen
-        plan.recipe_args = args
-    return load_recipe(name, args)
+        name = chosen
+    return dataclasses.replace(plan, recipe=name, recipe_args=args), load_recipe(name, args)
 
 
-def resolve_teacher(plan: Plan, task: Any) -> Any:
+def resolve_teacher(plan: Plan, task: Task) -> nn.Module | None:
     """``disable`` -> None; ``self`` -> a frozen copy of the starting model; a path, stub or
     name -> loaded by the domain's task the way it loads ``--model``."""
     import copy
@@ -94,7 +98,7 @@ def resolve_teacher(plan: Plan, task: Any) -> Any:
     if plan.teacher == "disable":
         return None
     if plan.teacher == "self":
-        if getattr(task, "head_replaced", False):
+        if task.head_replaced:
             logger.warning("--teacher self is a frozen copy of the starting model, whose head was "
                            "just replaced for these labels (untrained): distilling from it "
                            "teaches noise. Pass a teacher fine-tuned on these labels, or "
@@ -133,7 +137,7 @@ def sparse_transfer(plan: Plan, data: str, working_dir: Path) -> Path:
     build_task = load_task_builder(plan)
     rank, world = launch_rank()
     if world > 1:
-        if "ultralytics" in FAMILY_MODULES.get(plan.use_case.family, ()):
+        if "ultralytics" in FAMILIES[plan.use_case.family].modules:
             raise UsageError(
                 f"{plan.use_case.id} cannot run under torchrun / accelerate launch: Ultralytics "
                 "starts its own multi-GPU processes.",
@@ -163,21 +167,25 @@ def sparse_transfer(plan: Plan, data: str, working_dir: Path) -> Path:
         file_log.close()
 
 
-def _prepare(plan: Plan, data: str, run_dir: Path, build_task: Any) -> tuple[Any, Any, Any]:
-    task = build_task(plan, data, run_dir)                                   # data + model
-    recipe = resolve_recipe(plan, task.start_sparsity)                       # recipe
-    return task, recipe, resolve_teacher(plan, task)
+Prepared = tuple[Task, Plan, "Recipe", "nn.Module | None"]
 
 
-def _prepare_together(plan: Plan, data: str, run_dir: Path, build_task: Any, main: bool
-                      ) -> tuple[Any, Any, Any]:
+def _prepare(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder) -> Prepared:
+    task = build_task(plan, data, run_dir)                                   # data
+    task.load_model()                                                        # model
+    plan, recipe = resolve_recipe(plan, task.start_sparsity)                 # recipe
+    return task, plan, recipe, resolve_teacher(plan, task)
+
+
+def _prepare_together(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder,
+                      main: bool) -> Prepared:
     """:func:`_prepare` on every process of a distributed launch: the main one first (it
     downloads what is missing into the shared caches), then the others; every process learns
     whether all succeeded, so a failure stops them all with the real message (none waits
     forever in training for a process that is gone)."""
     import torch.distributed as dist
 
-    def attempt() -> tuple[tuple[Any, Any, Any] | None, SparsifyError | None]:
+    def attempt() -> tuple[Prepared | None, SparsifyError | None]:
         try:
             return _prepare(plan, data, run_dir, build_task), None
         except SparsifyError as error:
@@ -193,7 +201,7 @@ def _prepare_together(plan: Plan, data: str, run_dir: Path, build_task: Any, mai
                             "says why.")
     if not main:
         result, error = attempt()
-    failures: list[Any] = [None] * dist.get_world_size()
+    failures: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(failures, None if error is None else error.message)
     if error is not None:
         raise error
@@ -205,52 +213,162 @@ def _prepare_together(plan: Plan, data: str, run_dir: Path, build_task: Any, mai
     return result
 
 
-def _stages(plan: Plan, data: str, run_dir: Path, build_task: Any, main: bool = True,
+def _stages(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder, main: bool = True,
             distributed: bool = False) -> Path:
-    from sparsify.export.onnx_export import float_ops_on_dequantized_inputs
-    from sparsify.report import (
-        build_metrics, measure_latencies, slow_int8_warning, summary_table, write_metrics,
-    )
-    from sparsify.trainers.common import prunable_sparsity
+    """The stages after the run folder exists.
 
-    if main:
-        write_text_atomic(run_dir / "plan.yaml", plan_to_yaml(plan, {"data": data}))
+    The run folder's life: until training starts it holds nothing worth keeping, so any
+    failure there (or Ctrl-C) removes it. From the first training step on it is kept whatever
+    happens: checkpoints and logs stay, and a failure after training is recorded in
+    ``metrics.yaml`` (``status: failed``) with every figure measured so far.
+    """
     try:
         if distributed:
-            task, recipe, teacher = _prepare_together(plan, data, run_dir, build_task, main)
+            task, plan, recipe, teacher = _prepare_together(plan, data, run_dir, build_task, main)
         else:
-            task, recipe, teacher = _prepare(plan, data, run_dir, build_task)
-    except SparsifyError:
-        # Nothing was trained: the folder this run just made holds no result worth keeping.
+            task, plan, recipe, teacher = _prepare(plan, data, run_dir, build_task)
+    except BaseException:
         if main:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     if main:
         click.echo(f"Run folder: {run_dir}")
-        write_text_atomic(run_dir / "plan.yaml", plan_to_yaml(plan, {"data": data}))
+        record = {"data": data}
+        if Path(data).expanduser().exists():  # what `sparsify.run export` reads the data from
+            record["data_path"] = str(Path(data).expanduser().resolve())
+        write_text_atomic(run_dir / "plan.yaml", plan_to_yaml(plan, record))
         write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
     train = task.train(recipe, teacher)                                      # train
     if not main:
         return run_dir
-    artifacts = run_dir / "training_artifacts"
-    export = task.export(run_dir / "deployment", artifacts / "dense_baseline.onnx")  # export
-    from sparsify.export.deployment import gzip_size
+    train.save(run_dir / "training_artifacts" / TRAIN_RESULT)
+    return export_and_report(plan, task, train, run_dir)
 
-    onnx_path, baseline_path = Path(export["onnx"]), Path(export["baseline_onnx"])
-    latency = measure_latencies(onnx_path, baseline_path, task.latency_inputs)  # report
-    sizes = {"onnx_bytes": onnx_path.stat().st_size, "onnx_gzip_bytes": gzip_size(onnx_path),
-             "baseline_bytes": baseline_path.stat().st_size,
-             "baseline_gzip_bytes": gzip_size(baseline_path)}
-    sparsity = prunable_sparsity(task.model)
-    metrics = build_metrics(plan.to_dict(), train, export, sparsity, sizes, latency, plan.recipe,
-                            task.start_sparsity, sum(p.numel() for p in task.model.parameters()))
-    warning = slow_int8_warning(latency, metrics["export"]["quantized"],
-                                lambda: float_ops_on_dequantized_inputs(onnx_path),
-                                plan.use_case.family)
-    if warning:  # shown once, in the summary, and kept in metrics.yaml
-        metrics["warnings"] = [warning]
+
+TRAIN_RESULT = "train_result.json"
+
+
+def export_and_report(plan: Plan, task: Task, train: TrainResult, run_dir: Path) -> Path:
+    """Export and report a trained task into ``run_dir``; a failure keeps the run.
+
+    The deployment is built in ``deployment.partial/`` and renamed to ``deployment/`` when
+    every check passed; an export that fails its fidelity check is kept as
+    ``deployment_rejected/`` beside the checkpoints, and ``metrics.yaml`` records the figures.
+
+    Raises:
+        SparsifyError: the export or a check failed (``metrics.yaml`` says so; the message says
+            how to export again without training).
+    """
+    from sparsify.export.deployment import FidelityError
+    from sparsify.report import build_report, failed_report, summary_table, write_metrics
+
+    artifacts = run_dir / "training_artifacts"
+    partial, final = run_dir / "deployment.partial", run_dir / "deployment"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        export = task.export(partial, artifacts / "dense_baseline.onnx")      # export
+        metrics = build_report(plan, task, train, export)                     # report
+    except SparsifyError as error:
+        export = error.result if isinstance(error, FidelityError) else None
+        if partial.exists():
+            _replace_dir(partial, run_dir / "deployment_rejected")
+        write_metrics(run_dir / "metrics.yaml", failed_report(plan, task, train, export, error))
+        error.hint = (f"{error.hint + ' ' if error.hint else ''}The trained model is kept: "
+                      f"checkpoints in {artifacts}, logs in {run_dir / 'run.log'}, the figures "
+                      f"in {run_dir / 'metrics.yaml'}. Once fixed, export again without "
+                      f"training: sparsify.run export {run_dir}")
+        raise
+    _replace_dir(partial, final)
+    export.onnx = final / export.onnx.name
+    metrics["deployment"] = str(final)
     write_metrics(run_dir / "metrics.yaml", metrics)
     click.echo(f"\nDone: {run_dir}\n{summary_table(metrics)}")
-    click.echo(f"Deployment: {run_dir / 'deployment'}")
+    click.echo(f"Deployment: {final}")
     return run_dir
 
+
+def _check_same_split(recorded: Path, now: Path) -> None:
+    """Warn when the data no longer splits as it did in training: the validation set the
+    export is checked on is then another one."""
+    import json
+
+    def sides(path: Path) -> tuple[object, object] | None:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("format") != 1:
+            return None  # an older record format: nothing to compare with
+        return record.get("train"), record.get("val")
+
+    old, new = sides(recorded), sides(now)
+    if old is not None and new is not None and old != new:
+        logger.warning("The data split differs from the one recorded in %s (the data changed "
+                       "since training): the export is checked on the current validation "
+                       "set.", recorded)
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target``; an existing ``target`` is kept as ``target.previous_N``."""
+    if target.exists():
+        n = 1
+        while target.with_name(f"{target.name}.previous_{n}").exists():
+            n += 1
+        keep = target.with_name(f"{target.name}.previous_{n}")
+        target.rename(keep)
+        logger.info("The earlier %s is kept as %s", target.name, keep.name)
+    source.rename(target)
+
+
+def export_run(run_dir: Path, checkpoint: Path | None = None) -> Path:
+    """``sparsify.run export RUN_DIR``: export and report a run again from its checkpoint.
+
+    The run's ``plan.yaml`` and ``recipe.yaml`` rebuild the task (data checks, the starting
+    model) in a scratch folder; the checkpoint's weights load into it with the structure
+    training gave them; export and report go into ``run_dir`` as at the end of training (an
+    earlier ``deployment/`` is kept as ``deployment.previous_N``).
+
+    Raises:
+        UsageError: ``run_dir`` is not a run folder.
+        SparsifyError: the data, the model, the checkpoint or the export failed.
+    """
+    import tempfile
+
+    import yaml
+
+    from sparsify.plan import plan_from_dict
+    from sparsify.recipe.parser import load_recipe
+
+    run_dir = run_dir.expanduser().resolve()
+    plan_file, recipe_file = run_dir / "plan.yaml", run_dir / "recipe.yaml"
+    if not plan_file.is_file() or not recipe_file.is_file():
+        raise UsageError(f"{run_dir} is not a sparse-transfer run folder (no plan.yaml and "
+                         "recipe.yaml in it).",
+                         hint="Pass the folder a run printed as 'Run folder:'.")
+    recorded = yaml.safe_load(plan_file.read_text(encoding="utf-8")) or {}
+    plan = plan_from_dict(recorded)
+    recipe = load_recipe(str(recipe_file))
+    build_task = load_task_builder(plan)
+    file_log = logging.FileHandler(run_dir / "run.log")
+    file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(file_log)
+    scratch = Path(tempfile.mkdtemp(prefix="sparsify-export-"))
+    try:
+        logger.info("Export again from %s", run_dir)
+        task = build_task(plan, str(recorded.get("data_path") or recorded.get("data", "")),
+                          scratch)
+        _check_same_split(run_dir / "data_split.json", scratch / "data_split.json")
+        task.load_model()
+        meta = task.restore(recipe, run_dir / "training_artifacts", checkpoint)
+        saved = run_dir / "training_artifacts" / TRAIN_RESULT
+        if saved.is_file():
+            train = TrainResult.load(saved)
+        else:  # a run that stopped before writing it: the checkpoint's own figures
+            metrics = {k: float(v) for k, v in (meta.get("metrics") or {}).items()}
+            epoch = int(meta.get("epoch", 0))
+            train = TrainResult(metrics, metrics, epoch, epoch)
+        return export_and_report(plan, task, train, run_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        logging.getLogger().removeHandler(file_log)
+        file_log.close()

@@ -265,47 +265,17 @@ def locate_model(use_case: UseCase, band: Band, model: str | None) -> ModelChoic
 
 # --- --train-kwargs -------------------------------------------------------------------------
 
-_COMMON_KWARGS: dict[str, type | tuple[type, ...]] = {
-    "batch_size": int,
-    "eval_batch_size": int,
-    "learning_rate": float,
-    "weight_decay": float,
-    "gradient_accumulation_steps": int,
-    "num_workers": int,
-    "max_train_samples": int,
-    "max_eval_samples": int,
-    "optimizer": str,
-}
-_DOMAIN_KWARGS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "image_classification": {"image_size": int, "arch_key": str, "val_fraction": float},
-    "detection": {"image_size": int, "val_fraction": float},
-    "segmentation": {"image_size": int, "val_fraction": float},
-    "text_classification": {"max_seq_length": int, "text_column": str,
-                            "text_pair_column": str, "label_column": str, "label_names": list,
-                            "val_fraction": float, "trust_remote_code": bool},
-    "token_classification": {"max_seq_length": int, "tokens_column": str,
-                             "tags_column": str, "label_names": list, "val_fraction": float,
-                             "trust_remote_code": bool},
-    "question_answering": {"max_seq_length": int, "doc_stride": int, "val_fraction": float,
-                           "trust_remote_code": bool},
-}
-_POSITIVE = {"batch_size", "eval_batch_size", "gradient_accumulation_steps", "image_size",
-             "max_seq_length", "max_train_samples", "max_eval_samples", "doc_stride"}
-OPTIMIZERS = ("sgd", "adamw", "adam")
-
-
-def valid_train_kwargs(use_case: UseCase) -> dict[str, type | tuple[type, ...]]:
-    """Every ``--train-kwargs`` key the trainer of ``use_case`` reads, with its type."""
-    return {**_COMMON_KWARGS, **_DOMAIN_KWARGS[use_case.family]}
-
 
 def parse_train_kwargs(text: str | None, use_case: UseCase) -> dict[str, Any]:
-    """Parse and check ``--train-kwargs`` (a JSON object) for ``use_case``.
+    """Parse ``--train-kwargs`` (a JSON object) and check it against the settings of
+    ``use_case``'s trainer family (:mod:`sparsify.families`).
 
     Raises:
-        TrainKwargsError: not a JSON object, an unknown key (valid ones listed), a value of the
-            wrong type or out of range.
+        TrainKwargsError: not a JSON object, a key that family's trainer does not read (valid
+            ones listed), a value of the wrong type or out of range.
     """
+    from sparsify.families import check_train_kwargs
+
     if not text:
         return {}
     try:
@@ -317,40 +287,7 @@ def parse_train_kwargs(text: str | None, use_case: UseCase) -> dict[str, Any]:
         ) from None
     if not isinstance(value, dict):
         raise TrainKwargsError(f"--train-kwargs must be a JSON object, got {text!r}.")
-    valid = valid_train_kwargs(use_case)
-    out: dict[str, Any] = {}
-    for key, val in value.items():
-        if key not in valid:
-            raise TrainKwargsError(
-                f"Unknown --train-kwargs key '{key}' for {use_case.id}."
-                f"{did_you_mean(key, valid)} Valid: {', '.join(sorted(valid))}."
-            )
-        expected = valid[key]
-        if expected is float and isinstance(val, int) and not isinstance(val, bool):
-            val = float(val)
-        if (isinstance(val, bool) and expected is not bool) or not isinstance(val, expected):
-            name = expected.__name__ if isinstance(expected, type) else str(expected)
-            raise TrainKwargsError(
-                f"--train-kwargs '{key}' must be {name}, got {json.dumps(val)}."
-            )
-        if key in _POSITIVE and val <= 0:
-            raise TrainKwargsError(f"--train-kwargs '{key}' must be > 0, got {val}.")
-        if key in ("learning_rate", "weight_decay", "num_workers") and val < 0:
-            raise TrainKwargsError(f"--train-kwargs '{key}' must be >= 0, got {val}.")
-        if key == "val_fraction" and not 0.0 < val < 1.0:
-            raise TrainKwargsError(f"--train-kwargs 'val_fraction' must be in (0, 1), got {val}.")
-        if key == "label_names" and (
-                not val or not all(isinstance(n, str) and n.strip() for n in val)
-                or len(set(val)) != len(val)):
-            raise TrainKwargsError(
-                "--train-kwargs 'label_names' must be a list of distinct non-empty names, in "
-                f'class-id order (e.g. ["O", "B-PER", "I-PER"]), got {json.dumps(val)}.')
-        if key == "optimizer" and val.lower() not in OPTIMIZERS:
-            raise TrainKwargsError(
-                f"--train-kwargs 'optimizer' must be one of {', '.join(OPTIMIZERS)}, got {val!r}."
-            )
-        out[key] = val.lower() if key == "optimizer" else val
-    return out
+    return check_train_kwargs(value, use_case.family, use_case.id)
 
 
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
@@ -431,3 +368,33 @@ def plan_to_yaml(plan: Plan, extra: dict[str, Any] | None = None) -> str:
         data.update(extra)
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
+
+
+def plan_from_dict(recorded: dict[str, Any]) -> Plan:
+    """The plan of an earlier run, from the ``plan.yaml`` it wrote (for ``sparsify.run
+    export``): the same choices made again, with the recipe the run actually applied.
+
+    Raises:
+        UsageError: the file is not a plan (a field is missing or invalid).
+    """
+    import dataclasses
+
+    from sparsify.usecases import resolve_use_case
+
+    try:
+        model = recorded["model"]
+        recipe = recorded["recipe"]
+        given = (model.get("local_path") or model["spec"]) if model["origin"] == "user" else None
+        plan = build_plan(
+            resolve_use_case(recorded["use_case"]), float(recorded["optim_level"]),
+            model=given, recipe=recipe["name"] if recipe["origin"] == "user" else None,
+            recipe_args=dict(recipe.get("args") or {}),
+            train_kwargs=dict(recorded.get("train_kwargs") or {}),
+            teacher=str(recorded.get("teacher", "disable")),
+            device=str(recorded.get("device", "auto")), seed=int(recorded.get("seed", 42)),
+            eval_metric=recorded.get("eval_metric"))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UsageError(f"plan.yaml is not a sparse-transfer plan ({type(exc).__name__}: "
+                         f"{exc}).", hint="Pass a run folder written by sparse-transfer.") from None
+    return dataclasses.replace(plan, recipe=recipe["name"],
+                               recipe_args=dict(recipe.get("args") or {}))

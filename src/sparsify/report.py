@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from sparsify.rundir import write_text_atomic
+
+if TYPE_CHECKING:
+    from sparsify.errors import SparsifyError
+    from sparsify.plan import Plan
+    from sparsify.trainers.base import ExportResult, Task, TrainResult
 
 
 def measure_latencies(model_onnx: Path, baseline_onnx: Path, make_inputs: Any,
@@ -64,37 +69,81 @@ def slow_int8_warning(latency: dict[str, Any], quantized: bool,
     return text
 
 
-def build_metrics(plan_dict: dict[str, Any], train: Any, export: dict[str, Any],
-                  sparsity: dict[str, Any], sizes: dict[str, Any], latency: dict[str, Any],
-                  recipe_name: str, start_sparsity: float, parameters: int) -> dict[str, Any]:
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 5) for k, v in values.items()}
+
+
+def _base_report(plan: Plan, task: Task, train: TrainResult) -> dict[str, Any]:
+    from sparsify.trainers.common import prunable_sparsity
+
+    sparsity = prunable_sparsity(task.model)
     return {
-        "use_case": plan_dict["use_case"],
-        "optim_level": plan_dict["optim_level"],
-        "scheme": plan_dict["scheme"],
-        "recipe": recipe_name,
-        "task_metrics": {k: round(float(v), 5) for k, v in train.metrics.items()},
+        "use_case": plan.use_case.id,
+        "optim_level": plan.optim_level,
+        "scheme": plan.scheme,
+        "recipe": plan.recipe,
+        "task_metrics": _rounded(train.metrics),
         "best_epoch": train.best_epoch,
-        "best_epoch_metrics": {k: round(float(v), 5) for k, v in train.best_metrics.items()},
+        "best_epoch_metrics": _rounded(train.best_metrics),
         "epochs": train.epochs,
         "train_seconds": round(train.seconds, 1),
         "sparsity": {
-            "target": plan_dict["target_sparsity"],
-            "start": start_sparsity,
+            "target": plan.target_sparsity,
+            "start": task.start_sparsity,
             "overall": sparsity["overall"],
-            "onnx_initializers": round(export["onnx_sparsity"], 4),
             "per_layer": sparsity["per_layer"],
         },
-        "parameters": parameters,
+        "parameters": sum(p.numel() for p in task.model.parameters()),
         "prunable_parameters": sparsity["prunable_parameters"],
-        "size": sizes,
-        "latency_onnxruntime_cpu": latency,
-        "export": {
-            "quantized": export.get("quantize_nodes", 0) > 0,
-            "integer_kernels": export["integer_kernels"],
-            "quantize_nodes": export["quantize_nodes"],
-            "agreement_with_pytorch": export["agreement"],
-        },
     }
+
+
+def _export_section(export: ExportResult) -> dict[str, Any]:
+    return {
+        "quantized": export.quantized,
+        "integer_kernels": export.integer_kernels,
+        "quantize_nodes": export.quantize_nodes,
+        "agreement_with_pytorch": export.fidelity.to_dict(),
+    }
+
+
+def build_report(plan: Plan, task: Task, train: TrainResult, export: ExportResult
+                 ) -> dict[str, Any]:
+    """``metrics.yaml`` of a complete run: the task metrics, sparsity, the export's fidelity,
+    sizes and the latency of the result next to the dense FP32 baseline."""
+    from sparsify.export.deployment import gzip_size
+    from sparsify.export.onnx_export import float_ops_on_dequantized_inputs
+
+    onnx_path, baseline_path = export.onnx, export.baseline_onnx
+    latency = measure_latencies(onnx_path, baseline_path, task.latency_inputs)
+    metrics = {"status": "complete", **_base_report(plan, task, train)}
+    metrics["sparsity"]["onnx_initializers"] = round(export.onnx_sparsity, 4)
+    metrics["size"] = {"onnx_bytes": onnx_path.stat().st_size,
+                       "onnx_gzip_bytes": gzip_size(onnx_path),
+                       "baseline_bytes": baseline_path.stat().st_size,
+                       "baseline_gzip_bytes": gzip_size(baseline_path)}
+    metrics["latency_onnxruntime_cpu"] = latency
+    metrics["export"] = _export_section(export)
+    warning = slow_int8_warning(latency, export.quantized,
+                                lambda: float_ops_on_dequantized_inputs(onnx_path),
+                                plan.use_case.family)
+    if warning:  # shown once, in the summary, and kept in metrics.yaml
+        metrics["warnings"] = [warning]
+    return metrics
+
+
+def failed_report(plan: Plan, task: Task, train: TrainResult, export: ExportResult | None,
+                  error: SparsifyError) -> dict[str, Any]:
+    """``metrics.yaml`` of a run whose training finished and whose export or report failed:
+    what failed and every figure there is (the fidelity figures when the export ran)."""
+    metrics = {"status": "failed",
+               "failure": {"stage": "export", "error": type(error).__name__,
+                           "message": error.message},
+               **_base_report(plan, task, train)}
+    if export is not None:
+        metrics["sparsity"]["onnx_initializers"] = round(export.onnx_sparsity, 4)
+        metrics["export"] = _export_section(export)
+    return metrics
 
 
 def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
@@ -105,6 +154,11 @@ def summary_table(metrics: dict[str, Any]) -> str:
     """A short table for the terminal (with the run's warnings after it)."""
     rows = [("task metrics", ", ".join(f"{k} {v:.4f}" for k, v in metrics["task_metrics"].items()
                                       if k != "sparsity"))]
+    fid = metrics.get("export", {}).get("agreement_with_pytorch")
+    if fid:
+        rows.append(("export fidelity", f"{fid['metric']} {fid['onnxruntime']:.4f} (ONNX Runtime) "
+                                        f"vs {fid['pytorch']:.4f} (PyTorch) on {fid['examples']} "
+                                        "validation examples"))
     sp = metrics["sparsity"]
     rows.append(("sparsity", f"{sp['overall']:.1%} of prunable weights (target "
                              f"{sp['target']:.0%}, start {sp['start']:.1%})"))

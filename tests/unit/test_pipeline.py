@@ -18,9 +18,9 @@ def test_missing_extra_names_the_install_command(monkeypatch, tmp_path):
 
 
 def test_use_case_without_trainer_says_so_and_creates_nothing(monkeypatch, tmp_path):
-    from sparsify import trainers
+    from sparsify import families
 
-    monkeypatch.delitem(trainers.TRAINERS, "question_answering")
+    monkeypatch.delitem(families.FAMILIES, "question_answering")
     result = CliRunner().invoke(cli, ["sparse-transfer", "--use-case", "qa", "--data", "x",
                                       "--working-dir", str(tmp_path)])
     assert result.exit_code == 1
@@ -29,10 +29,10 @@ def test_use_case_without_trainer_says_so_and_creates_nothing(monkeypatch, tmp_p
 
 
 def test_every_use_case_has_a_trainer():
-    from sparsify.trainers import TRAINERS
+    from sparsify.families import FAMILIES
     from sparsify.usecases import USE_CASES
 
-    assert {uc.family for uc in USE_CASES} <= set(TRAINERS)
+    assert {uc.family for uc in USE_CASES} <= set(FAMILIES)
 
 
 def test_yolo_under_a_distributed_launch_is_refused_before_anything(monkeypatch, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Callable
 from typing import NoReturn
 
 import click
@@ -44,3 +45,17 @@ def fail_unexpected(exc: BaseException, debug: bool) -> NoReturn:
     click.echo(f"{prefix}Hint: run again with --debug for the traceback, and report it if it "
                "looks like a bug.", err=True)
     sys.exit(1)
+
+
+def guarded(debug: bool, body: Callable[[], object]) -> None:
+    """Run a command's body; every failure ends as one clean message and its exit code
+    (``SparsifyError``: its code; Ctrl-C: 130; anything else: 1, "unexpected failure")."""
+    try:
+        body()
+    except SparsifyError as error:
+        fail(error, debug)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen failure: say so cleanly
+        fail_unexpected(exc, debug)

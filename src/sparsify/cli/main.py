@@ -7,15 +7,12 @@ parser) are imported here; training code is imported when a real run starts.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import click
 
 from sparsify import __version__
-from sparsify.cli.common import fail as _fail
-from sparsify.cli.common import fail_unexpected
-from sparsify.errors import SparsifyError
+from sparsify.cli.common import guarded
 from sparsify.plan import DEVICES_HELP
 
 _USE_CASE_HELP = (
@@ -44,6 +41,25 @@ def use_cases_command() -> None:
         click.echo(f"{'':26s} aliases: {aliases}")
 
 
+@cli.command("train-kwargs")
+@click.argument("use_case", metavar="USE_CASE")
+def train_kwargs_command(use_case: str) -> None:
+    """List the --train-kwargs keys of USE_CASE's trainer with their defaults."""
+
+    def body() -> None:
+        from sparsify.families import describe
+        from sparsify.usecases import resolve_use_case
+
+        uc = resolve_use_case(use_case)
+        rows = describe(uc.family)
+        width = max(len(name) for name, _, _ in rows)
+        click.echo(f"--train-kwargs keys for {uc.id} (a JSON object; other keys are refused):")
+        for name, default, text in rows:
+            click.echo(f"  {name:<{width}}  default {default:<8}  {text}")
+
+    guarded(False, body)
+
+
 @cli.command("sparse-transfer")
 @click.option("--use-case", required=True, metavar="USE_CASE", help=_USE_CASE_HELP)
 @click.option("--data", required=True, metavar="DATA",
@@ -70,9 +86,9 @@ def use_cases_command() -> None:
               help="Where the run folder sparse_transfer_<use_case>_<timestamp>/ is created.")
 @click.option("--train-kwargs", default=None, metavar="JSON",
               help="Trainer settings as a JSON object: batch_size, learning_rate, weight_decay, "
-                   "optimizer (sgd/adamw), gradient_accumulation_steps, num_workers, "
-                   "max_train_samples, max_eval_samples, image_size (vision, YOLO), "
-                   "max_seq_length (NLP), ...; unknown keys are refused with the valid list.")
+                   "optimizer, num_workers, image_size (vision, YOLO), max_seq_length (NLP), "
+                   "...; `sparsify.run train-kwargs USE_CASE` lists every key of a use case "
+                   "with its default; other keys are refused with the valid list.")
 @click.option("--eval-metric", default=None, metavar="METRIC",
               help="Metric that picks the best checkpoint (default: top1 for images, "
                    "map50_95 for YOLO, accuracy / f1 for NLP).")
@@ -97,7 +113,8 @@ def sparse_transfer_command(use_case: str, data: str, model: str | None, optim_l
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def body() -> None:
         from sparsify.plan import (
             build_plan, parse_device, parse_optim_level, parse_train_kwargs, plan_to_yaml,
         )
@@ -124,13 +141,34 @@ def sparse_transfer_command(use_case: str, data: str, model: str | None, optim_l
         from sparsify.pipeline import sparse_transfer
 
         sparse_transfer(plan, data=data, working_dir=work)
-    except SparsifyError as error:
-        _fail(error, debug)
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen failure: say so cleanly
-        fail_unexpected(exc, debug)
+
+    guarded(debug, body)
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--checkpoint", default=None, type=click.Path(path_type=Path),
+              help="The checkpoint to export (default: the run's last one: "
+                   "training_artifacts/model_last.pth, last/ or model_final.pt).")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+def export_command(run_dir: Path, checkpoint: Path | None, debug: bool) -> None:
+    """Export and report a finished or failed run again from its checkpoint, without training:
+    the INT8 ONNX deployment, its fidelity check and metrics.yaml, into RUN_DIR (an earlier
+    deployment/ is kept as deployment.previous_N).
+
+    \b
+    Example:
+      sparsify.run export ./sparse_transfer_image_classification_2026_12_02_10_00_00
+    """
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+    def body() -> None:
+        from sparsify.pipeline import export_run
+
+        export_run(run_dir, checkpoint)
+
+    guarded(debug, body)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,26 +7,13 @@ into the local zoo; ``pull`` downloads a catalog model into its source's cache.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import click
 
 from sparsify import __version__
-from sparsify.cli.common import fail, fail_unexpected
-from sparsify.errors import ModelNotFoundError, SparsifyError, UsageError
-
-
-def _guarded(debug: bool, body) -> None:
-    try:
-        body()
-    except SparsifyError as error:
-        fail(error, debug)
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen failure: say so cleanly
-        fail_unexpected(exc, debug)
+from sparsify.cli.common import guarded as _guarded
+from sparsify.errors import ModelNotFoundError, UsageError
 
 
 def _setup_logging(verbose: bool, debug: bool) -> None:

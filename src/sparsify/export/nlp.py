@@ -1,24 +1,22 @@
 """Export of a transformers model: INT8 (or FP32) ONNX with dynamic batch and sequence axes,
-checked with the task metric on the validation set, and its deployment folder."""
+checked with the task metric on the validation set, and its deployment folder.
+
+The model's outputs over the validation set come from the task's own loop
+(``NLPTask.predict_with``) given a batch runner, so this module never imports the trainer."""
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from sparsify.errors import ExportError
-from sparsify.export.deployment import FP32_MAX_TOLERANCE
-from sparsify.rundir import write_text_atomic
+from sparsify.trainers.base import ExportResult
 
 logger = logging.getLogger(__name__)
-
-#: how far the exported model's task metric may lie from PyTorch's, in points (0-100 scale)
-METRIC_TOLERANCE_POINTS = 0.5
 
 
 class OutputTuple(nn.Module):
@@ -36,44 +34,39 @@ class OutputTuple(nn.Module):
         return tuple(out[name] for name in self.output_names)
 
 
-def onnx_outputs(task: Any, onnx_path: Path, batch_size: int = 32) -> list[Any]:
-    """Per-feature outputs of an ONNX file over the task's validation features."""
+def onnx_batch_runner(onnx_path: Path) -> Callable[[dict[str, Any]], list[np.ndarray]]:
+    """``batch -> outputs`` of an ONNX file, for :meth:`NLPTask.predict_with`."""
     from sparsify.export.onnx_export import ort_session
-    from sparsify.trainers.nlp import collect_outputs, stack_outputs
 
     session = ort_session(onnx_path)
     names = [o.name for o in session.get_outputs()]
-    rows: list[list[np.ndarray]] = [[] for _ in names]
-    for start in range(0, len(task.val_features), batch_size):
-        chunk = task.val_features[start:start + batch_size]
-        batch = task.collate([{k: f[k] for k in task.input_names} for f in chunk])
+
+    def run(batch: dict[str, Any]) -> list[np.ndarray]:
         feed = {k: v.numpy().astype(np.int64) for k, v in batch.items()}
-        for j, values in enumerate(session.run(names, feed)):
-            collect_outputs(rows[j], values, chunk, task.family)
-    return [stack_outputs(r, task.family) for r in rows]
+        return list(session.run(names, feed))
+
+    return run
 
 
-def _points(name: str, value: float, family: str) -> float:
-    return value if family == "question_answering" else 100 * value
-
-
-def export_transformer(task: Any, deploy_dir: Path, baseline_path: Path) -> dict[str, Any]:
+def export_transformer(task: Any, deploy_dir: Path, baseline_path: Path) -> ExportResult:
     """Export ``task.model`` (INT8 when QAT ran) and the dense FP32 ``task.baseline``; check the
-    export on the validation set; write the deployment folder.
+    export with the task metric on the whole validation set; write the deployment folder.
+
+    ``task`` is an :class:`~sparsify.trainers.nlp.NLPTask` (its ``output_names``,
+    ``export_metric``, ``predict_with`` and ``metrics_from_outputs`` are used).
 
     Raises:
-        ExportError: the ONNX checker, ONNX Runtime, the metric check (more than
-            ``METRIC_TOLERANCE_POINTS`` from PyTorch) or the integer-kernel check failed.
+        ExportError: the ONNX checker, an FP32 export that does not match PyTorch, or the
+            integer-kernel check failed.
+        FidelityError: the task metric of the ONNX model is more than the tolerance from
+            PyTorch's (the deployment folder is written all the same).
     """
-    from sparsify.export.onnx_export import (
-        compare_with_torch, count_qdq, export_onnx, integer_kernel_count,
-        optimized_graph_op_counts, onnx_weight_sparsity, run_onnx,
-    )
-    from sparsify.trainers.nlp import TASKS
+    from sparsify.export.deployment import fidelity, write_deployment
+    from sparsify.export.onnx_export import compare_with_torch, export_onnx
 
     family = task.family
-    output_names = TASKS[family][1]
-    metric = TASKS[family][2]
+    output_names = task.output_names
+    metric = task.export_metric
     inputs = task.input_names
     axes = {name: {0: "batch", 1: "sequence"} for name in inputs}
     for name in output_names:
@@ -91,36 +84,17 @@ def export_transformer(task: Any, deploy_dir: Path, baseline_path: Path) -> dict
 
     quantized = bool(task.qat)
     comparison = compare_with_torch(model, model_path, task.sample_inputs(4))
-    if not quantized and comparison["max_rel_diff"] > FP32_MAX_TOLERANCE:
-        raise ExportError(f"The FP32 ONNX model differs from PyTorch by "
-                          f"{comparison['max_rel_diff']:.2e} of the output range (need <= "
-                          f"{FP32_MAX_TOLERANCE}).")
-    torch_metrics = task.evaluate(task.model)
-    onnx_metrics = task.metrics_from_outputs(onnx_outputs(task, model_path))
-    gap = abs(_points(metric, torch_metrics[metric], family)
-              - _points(metric, onnx_metrics[metric], family))
-    comparison.update(metric=metric, pytorch=round(torch_metrics[metric], 5),
-                      onnxruntime=round(onnx_metrics[metric], 5), gap_points=round(gap, 4))
-    if gap > METRIC_TOLERANCE_POINTS:
-        raise ExportError(
-            f"The ONNX model's {metric} on the validation set is {onnx_metrics[metric]:.4f}, "
-            f"PyTorch's {torch_metrics[metric]:.4f}: {gap:.2f} points apart (allowed "
-            f"{METRIC_TOLERANCE_POINTS}) over {len(task.data.val)} validation examples.",
-            hint="Run with --debug; the QAT scheme may not match what ONNX Runtime computes.")
-    counts = optimized_graph_op_counts(model_path)
-    kernels = integer_kernel_count(counts)
-    n_q, n_dq = count_qdq(model_path)
-    if quantized and kernels == 0:
-        raise ExportError("The quantized export has no integer kernels in ONNX Runtime's "
-                          f"optimised graph (ops: {dict(counts)}): it would be slower than FP32.")
-    if not quantized and (n_q or n_dq):
-        raise ExportError("An FP32 export holds QuantizeLinear/DequantizeLinear nodes.")
+    torch_out = task.predict(task.model)
+    onnx_out = task.predict_with(onnx_batch_runner(model_path))
+    torch_metrics, onnx_metrics = (task.metrics_from_outputs(o) for o in (torch_out, onnx_out))
+    right = None
+    if metric == "accuracy":  # a count of right answers: the paired test applies
+        labels = np.asarray([e["label"] for e in task.data.val])
+        right = (torch_out[0].argmax(-1) == labels, onnx_out[0].argmax(-1) == labels)
+    # SQuAD's exact match / F1 are already in points; the others are fractions
+    result = fidelity(metric, torch_metrics[metric], onnx_metrics[metric], len(task.data.val),
+                      comparison, fraction=family != "question_answering", right=right)
 
-    sample_in = task.sample_inputs(2)
-    sample_out = run_onnx(model_path, sample_in)
-    np.savez(deploy_dir / "sample_input.npz", **sample_in)
-    np.savez(deploy_dir / "sample_output.npz", **dict(zip(output_names, sample_out)))
-    task.tokenizer.save_pretrained(deploy_dir)
     config = {
         "task": family,
         "use_case": task.plan.use_case.id,
@@ -136,18 +110,11 @@ def export_transformer(task: Any, deploy_dir: Path, baseline_path: Path) -> dict
         config["label2id"] = {n: i for i, n in enumerate(task.label_names)}
     if family == "question_answering":
         config["doc_stride"] = task.stride
-    write_text_atomic(deploy_dir / "config.json", json.dumps(config, indent=2) + "\n")
-    write_text_atomic(deploy_dir / "README.md", transformer_readme(config))
-    return {
-        "onnx": str(model_path),
-        "baseline_onnx": str(baseline_path),
-        "agreement": comparison,
-        "optimized_graph_ops": dict(counts),
-        "integer_kernels": kernels,
-        "quantize_nodes": n_q,
-        "dequantize_nodes": n_dq,
-        "onnx_sparsity": onnx_weight_sparsity(model_path)["overall"],
-    }
+    task.tokenizer.save_pretrained(deploy_dir)
+    return write_deployment(deploy_dir, model_path, baseline_path, quantized=quantized,
+                            fidelity_result=result, sample_inputs=task.sample_inputs(2),
+                            output_names=output_names, config=config,
+                            readme=transformer_readme(config))
 
 
 def _tensor(array: np.ndarray) -> Any:

@@ -422,6 +422,7 @@ def compare_with_torch(
     inputs: Mapping[str, np.ndarray],
     *,
     as_kwargs: bool = False,
+    keep_outputs: bool = False,
 ) -> dict[str, Any]:
     """Run PyTorch (eval mode, no grad) and ONNX Runtime on the same inputs and compare.
 
@@ -431,6 +432,7 @@ def compare_with_torch(
         inputs: ``{onnx input name: array}``; PyTorch gets them positionally in this order,
             or as keyword arguments with ``as_kwargs``.
         as_kwargs: call ``model(**inputs)`` (transformers models).
+        keep_outputs: also return ``outputs``: ``(PyTorch's, ONNX Runtime's)`` lists of arrays.
 
     Returns:
         ``max_abs_diff`` over all outputs; ``max_rel_diff``: the largest per-output
@@ -479,7 +481,7 @@ def compare_with_torch(
         max_rel = max(max_rel, diff / span if span > 0 else (0.0 if diff == 0 else np.inf))
         if top1 is None and ref.ndim >= 2 and ref.shape[-1] > 1:
             top1 = float(np.mean(ref.argmax(-1) == got.argmax(-1)))
-    return {
+    result: dict[str, Any] = {
         "max_abs_diff": max_abs,
         "max_rel_diff": max_rel,
         "mean_abs_diff": abs_sum / count if count else 0.0,
@@ -487,6 +489,9 @@ def compare_with_torch(
         "top1_agreement": top1,
         "num_outputs": len(expected),
     }
+    if keep_outputs:
+        result["outputs"] = (expected, actual)
+    return result
 
 
 def measure_latency(

@@ -122,7 +122,16 @@ class Modifier:
     def on_finalize(self, state: ModifierState) -> None:
         """Once, after training (before export)."""
 
+    def on_restructure(self, state: ModifierState) -> None:
+        """Give a fresh model the module structure this modifier gave the trained one when it
+        started (QAT modules), so that a checkpoint taken after its start loads into it."""
+
     # --- scheduling (owned by the base) ------------------------------------------------------
+    @property
+    def changes_structure(self) -> bool:
+        """Whether the modifier changes the model's modules (it overrides on_restructure)."""
+        return type(self).on_restructure is not Modifier.on_restructure
+
     @property
     def name(self) -> str:
         return type(self).__name__
@@ -168,6 +177,11 @@ class Modifier:
             logger.debug("%s ends at epoch %.4f", self.name, epoch)
             self.on_end(state, event)
         return result
+
+    def restructure(self, state: ModifierState) -> None:
+        """:meth:`on_restructure`, for a checkpoint taken after this modifier started."""
+        self._started = True
+        self.on_restructure(state)
 
     def finalize(self, state: ModifierState) -> None:
         if self._finalized:

@@ -42,6 +42,7 @@ class ModifierLifecycle:
         self.step = 0
         self._initialized = False
         self._finalized = False
+        self._restructured: list[int] = []
 
     # --- facts for the trainer ---------------------------------------------------------------
     @property
@@ -128,6 +129,30 @@ class ModifierLifecycle:
             raise RuntimeError("ModifierLifecycle.finalize called twice")
         for modifier in self.modifiers:
             modifier.finalize(self.state)
+        self._finalized = True
+
+    def started_modifiers(self) -> list[int]:
+        """Indices (in recipe order) of the modifiers that have started: a checkpoint records
+        them so :meth:`restore_structure` can rebuild the trained model's structure."""
+        return [i for i, m in enumerate(self.modifiers) if m.started]
+
+    def restore_structure(self, started: list[int]) -> None:
+        """On a fresh copy of the starting model, redo the structural changes (QAT modules) of
+        the modifiers that had started when a checkpoint was written, in recipe order, so the
+        checkpoint's state dict loads into the model; then :meth:`finalize_restored`."""
+        # only the modifiers that change the structure; the others' results (masked weights,
+        # the learning rate reached) are in the checkpoint itself
+        self._restructured = [i for i in started if 0 <= i < len(self.modifiers)
+                              and self.modifiers[i].changes_structure]
+        for index in self._restructured:
+            self.modifiers[index].restructure(self.state)
+
+    def finalize_restored(self) -> None:
+        """After a checkpoint loaded into a restored model: the end-of-training steps of the
+        restructured modifiers (QAT's conv-bn folding), as :meth:`finalize` does after training.
+        The others have nothing to finish: the checkpoint holds their result (masked weights)."""
+        for index in self._restructured:
+            self.modifiers[index].finalize(self.state)
         self._finalized = True
 
     def masked_parameter_names(self) -> list[str]:

@@ -159,6 +159,13 @@ class QuantizationModifier(Modifier):
         self._observers_frozen = False
         self._bn_frozen = False
 
+    def on_restructure(self, state: ModifierState) -> None:
+        from sparsify.quantization import prepare_qat_
+
+        prepare_qat_(state.model, self.quantization_config())
+        state.structure_version += 1
+        state.extras["qat_active"] = True
+
     def on_event(self, state: ModifierState, event: Event) -> None:
         from sparsify.quantization import disable_observers_, freeze_bn_stats_
 

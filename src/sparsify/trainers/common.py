@@ -116,3 +116,37 @@ def check_replicas_agree(model: nn.Module) -> None:
                     f"(sums {theirs!r} vs {ref!r}): the data-parallel replicas diverged.")
     logger.info("Data-parallel check: parameters identical on all %d ranks.",
                 dist.get_world_size())
+
+
+def restore_checkpoint(model: nn.Module, recipe: Any, state_dict: dict[str, Any],
+                       started: list[int], path: Path) -> bool:
+    """Load a training checkpoint into a fresh copy of the starting model.
+
+    The modifiers that had started when the checkpoint was written give the model their
+    structure again (QAT modules, through the lifecycle), the state dict loads, and their
+    end-of-training steps run (conv-bn folding), so the model is what training ended with.
+
+    Returns:
+        Whether the restored model carries QAT structure (it then exports as INT8).
+
+    Raises:
+        ModelNotFoundError: the checkpoint does not fit the model (another architecture, or a
+            run folder whose recipe or model was changed).
+    """
+    from sparsify.errors import ModelNotFoundError
+    from sparsify.modifiers.lifecycle import ModifierLifecycle
+
+    lifecycle = ModifierLifecycle(recipe, model)
+    lifecycle.restore_structure(started)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ModelNotFoundError(
+            f"The checkpoint {path} does not fit the run's model: "
+            f"{' '.join(first[:2])[:400]}",
+            hint="Export from the run folder the checkpoint was written in, unchanged "
+                 "(plan.yaml, recipe.yaml and the starting model).") from None
+    lifecycle.finalize_restored()
+    model.eval()
+    return lifecycle.qat_active

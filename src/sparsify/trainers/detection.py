@@ -23,7 +23,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,9 @@ import torch
 from torch import nn
 
 from sparsify.errors import DataError, ModelNotFoundError, TrainingError, UsageError
+from sparsify.families import settings_for
 from sparsify.plan import Plan
+from sparsify.trainers.base import ExportResult, TrainResult
 from sparsify.quantization import QATSiLU, is_qat_prepared  # old checkpoints name QATSiLU here
 from sparsify.trainers.common import prunable_sparsity, resolve_device, seed_everything
 
@@ -41,18 +43,6 @@ logger = logging.getLogger(__name__)
 TASK_OF_FAMILY = {"detection": "detect", "segmentation": "segment"}
 _OPTIMIZERS = {"sgd": "SGD", "adamw": "AdamW", "adam": "Adam"}
 _CHECKPOINT_NAMES = ("model.pt", "best.pt", "last.pt", "weights/best.pt", "weights/last.pt")
-
-
-@dataclass
-class DetectionTrainResult:
-    """What training produced (the fields ``report.build_metrics`` reads)."""
-
-    metrics: dict[str, float]
-    best_metrics: dict[str, float]
-    best_epoch: int
-    epochs: int
-    history: list[dict[str, float]] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,17 +269,20 @@ def _trainer_class(task: str) -> type:
 
 
 class DetectionTask:
-    """Data + model for one detection or segmentation run; ``train`` and ``export`` follow."""
+    """Data (checked and staged when built), then the model (:meth:`load_model`); ``train``
+    and ``export`` follow (the :class:`~sparsify.trainers.base.Task` contract)."""
+
+    head_replaced = False  # Ultralytics builds the head for the data's classes
 
     def __init__(self, plan: Plan, data: str, run_dir: Path) -> None:
         from sparsify.data.yolo import is_named_dataset, stage_dataset, validate_yolo_dataset
 
         self.plan, self.run_dir = plan, run_dir
         self.task = TASK_OF_FAMILY[plan.use_case.family]
-        kw = plan.train_kwargs
+        self.settings = settings_for(plan.use_case.family, plan.train_kwargs)
         seed_everything(plan.seed)
-        self.image_size = int(kw.get("image_size", 640))
-        self.val_fraction = float(kw.get("val_fraction", 0.2))
+        self.image_size = self.settings.image_size
+        self.val_fraction = self.settings.val_fraction
 
         # Data first: a rejected dataset fails before any model is built.
         self.dataset = None
@@ -312,8 +305,10 @@ class DetectionTask:
         names = self.trainer.data["names"]
         self.class_names = [names[i] for i in sorted(names)] if isinstance(names, dict) \
             else list(names)
+        self.qat = False
 
-        loaded = load_yolo_model(plan.model, self.task, len(self.class_names))
+    def load_model(self) -> None:
+        loaded = load_yolo_model(self.plan.model, self.task, len(self.class_names))
         self.loaded = loaded
         self.dfl_names = freeze_dfl_(loaded.model)
         self.model = loaded.model
@@ -321,33 +316,46 @@ class DetectionTask:
         # The dense FP32 starting point, exported later as the latency baseline.
         self.baseline = copy.deepcopy(self.model).eval()
         self.start_sparsity = prunable_sparsity(self.model)["overall"]
-        self.qat = False
         logger.info("Model %s (%s), sparsity %.1f%%", loaded.architecture, loaded.source,
                     100 * self.start_sparsity)
 
+    def restore(self, recipe: Any, artifacts: Path, checkpoint: Path | None = None
+                ) -> dict[str, Any]:
+        """Load ``training_artifacts/model_final.pt`` (or ``checkpoint``): the trained model as
+        training ended, QAT structure included (the file pickles the module, written by this
+        run; it is read with ``weights_only=False`` for that reason)."""
+        path = checkpoint or artifacts / "model_final.pt"
+        if not path.is_file():
+            raise ModelNotFoundError(f"No checkpoint at {path}: training did not finish.",
+                                     hint="Run the training again.")
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        self.model = payload["model"].float().cpu().eval()
+        self.qat = bool(payload.get("qat"))
+        return payload
+
     # --- Ultralytics trainer -----------------------------------------------------------------
     def _build_trainer(self, data_arg: str, prepared: dict[str, Any] | None) -> Any:
-        kw, plan = self.plan.train_kwargs, self.plan
+        settings, plan = self.settings, self.plan
         device = resolve_device(plan.device)
         cls = _trainer_class(self.task)
         cls.sparsify_data = prepared
-        batch = int(kw.get("batch_size", 16))
+        batch = settings.batch_size
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         overrides = {
             "model": self.plan.model.spec if self.plan.model.spec.endswith((".pt", ".yaml"))
             else "yolov8n.yaml",  # only a label here: the model object is set before training
             "data": data_arg, "task": self.task, "imgsz": self.image_size, "batch": batch,
             # nbs = batch: no gradient accumulation, one batch is one optimizer step.
-            "nbs": batch, "workers": int(kw.get("num_workers", 0)),
+            "nbs": batch, "workers": settings.num_workers,
             "device": "cpu" if device.type == "cpu" else str(device.index or 0),
             "project": str(self.run_dir.resolve()), "name": "training_artifacts", "exist_ok": True,
             "plots": False, "amp": "bf16" if bf16 else False, "seed": plan.seed,
-            "optimizer": _OPTIMIZERS[kw.get("optimizer", "adamw")],
-            "lr0": float(kw.get("learning_rate", 0.001)), "verbose": False, "pretrained": False,
+            "optimizer": _OPTIMIZERS[settings.optimizer],
+            "lr0": settings.learning_rate, "verbose": False, "pretrained": False,
             "val": True, "save": True, "cache": False,
         }
-        if "weight_decay" in kw:
-            overrides["weight_decay"] = float(kw["weight_decay"])
+        if settings.weight_decay is not None:
+            overrides["weight_decay"] = settings.weight_decay
         if device.type == "mps":
             overrides["device"] = "mps"
         try:
@@ -361,7 +369,7 @@ class DetectionTask:
     def load_teacher(self, choice: Any) -> nn.Module:
         return load_yolo_model(choice, self.task, len(self.class_names)).model
 
-    def train(self, recipe: Any, teacher: nn.Module | None = None) -> DetectionTrainResult:
+    def train(self, recipe: Any, teacher: nn.Module | None = None) -> TrainResult:
         from sparsify.modifiers.lifecycle import ModifierLifecycle
 
         if teacher is not None:
@@ -430,7 +438,7 @@ class DetectionTask:
             "model": copy.deepcopy(self.model), "names": self.class_names, "task": self.task,
             "image_size": self.image_size, "qat": self.qat, "recipe": recipe.to_yaml(),
             "metrics": metrics})
-        return DetectionTrainResult(metrics, best, best_epoch, epochs, history, seconds)
+        return TrainResult(metrics, best, best_epoch, epochs, history, seconds)
 
     def _qat_started(self, trainer: Any) -> None:
         """QAT just began: quantize the SiLUs, switch AMP and the EMA off."""
@@ -479,31 +487,34 @@ class DetectionTask:
         return _rename_metrics(results or {})
 
     # --- export ------------------------------------------------------------------------------
-    def val_images(self, n: int = 16) -> torch.Tensor:
-        """Up to ``n`` validation images, letterboxed to the run's image size (N, 3, H, W)."""
-        from sparsify.export.detection import letterbox
-
+    def val_pairs(self) -> list[tuple[Path, Path | None]]:
+        """The validation images with their label files (``None``: no objects)."""
         if self.dataset is not None:
-            paths = [p for p, _ in self.dataset.val[:n]]
-        else:
-            from sparsify.data.yolo import IMG_EXTENSIONS
+            return list(self.dataset.val)
+        from ultralytics.data.utils import img2label_paths
 
-            val = Path(str(self.trainer.data["val"]))
-            paths = sorted(p for p in val.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)[:n]
-        import numpy as np
+        from sparsify.data.yolo import IMG_EXTENSIONS
 
-        return torch.from_numpy(np.stack([letterbox(p, self.image_size) for p in paths]))
+        val = Path(str(self.trainer.data["val"]))
+        images = sorted(p for p in val.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+        labels = [Path(p) for p in img2label_paths([str(p) for p in images])]
+        return [(i, lab if lab.is_file() else None) for i, lab in zip(images, labels)]
 
     def latency_inputs(self, batch: int) -> dict[str, Any]:
         """ONNX Runtime inputs of ``batch`` images for the latency measurement."""
-        return {"images": self.val_images(1).repeat(batch, 1, 1, 1).numpy()}
+        import numpy as np
 
-    def export(self, deploy_dir: Path, baseline_path: Path) -> dict[str, Any]:
-        """INT8 (when QAT ran) ONNX with raw, NMS-free outputs, checked against PyTorch."""
+        from sparsify.export.detection import letterbox
+
+        image = letterbox(self.val_pairs()[0][0], self.image_size)
+        return {"images": np.repeat(image[None], batch, axis=0)}
+
+    def export(self, deploy_dir: Path, baseline_path: Path) -> ExportResult:
+        """INT8 (when QAT ran) ONNX with raw, NMS-free outputs, checked by box mAP50-95."""
         from sparsify.export.detection import export_yolo
 
         return export_yolo(
-            model=self.model, baseline=self.baseline, val_images=self.val_images(16),
+            model=self.model, baseline=self.baseline, val=self.val_pairs(),
             deploy_dir=deploy_dir, baseline_path=baseline_path, quantized=self.qat,
             config={"task": self.plan.use_case.id, "ultralytics_task": self.task,
                     "architecture": self.loaded.architecture,
@@ -533,5 +544,5 @@ def _rename_metrics(row: dict[str, Any]) -> dict[str, float]:
 
 
 def run_detection(plan: Plan, data: str, run_dir: Path) -> DetectionTask:
-    """Build the task (checks and stages the data, loads the model)."""
+    """Build the task (checks and stages the data; the model is loaded by ``load_model``)."""
     return DetectionTask(plan, data, run_dir)

@@ -12,7 +12,6 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsify.errors import DataError, TrainingError
+from sparsify.families import settings_for
 from sparsify.plan import Plan
+from sparsify.trainers.base import ExportResult, TrainResult
 from sparsify.trainers.common import (
     build_optimizer, check_replicas_agree, prunable_sparsity, resolve_device, save_checkpoint,
     seed_everything,
@@ -30,45 +31,39 @@ from sparsify.trainers.common import (
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainResult:
-    """What training produced."""
-
-    metrics: dict[str, float]
-    best_metrics: dict[str, float]
-    best_epoch: int
-    epochs: int
-    history: list[dict[str, float]] = field(default_factory=list)
-    seconds: float = 0.0
-
-
 def _topk(logits: torch.Tensor, target: torch.Tensor, k: int) -> int:
     k = min(k, logits.shape[1])
     return int((logits.topk(k, dim=1).indices == target[:, None]).any(dim=1).sum())
 
 
 class ImageClassificationTask:
-    """Data + model for one run; ``train`` and ``export`` are the later stages."""
+    """Data (checked when built), then the model (:meth:`load_model`); ``train`` and ``export``
+    are the later stages (the :class:`~sparsify.trainers.base.Task` contract)."""
 
     def __init__(self, plan: Plan, data: str, run_dir: Path) -> None:
         from sparsify.data.image_datasets import build_datasets
         from sparsify.data.image_folder import validate_image_folder
         from sparsify.data.named_datasets import resolve_named_image_dataset
-        from sparsify.trainers.vision_models import load_image_model
 
         self.plan, self.run_dir = plan, run_dir
-        kw = plan.train_kwargs
+        self.qat = False
+        self.settings = settings = settings_for(plan.use_case.family, plan.train_kwargs)
         seed_everything(plan.seed)
         root = resolve_named_image_dataset(data) or Path(data).expanduser()
         layout = validate_image_folder(root)
-        self.image_size = int(kw.get("image_size", 224))
+        self.image_size = settings.image_size
         self.train_ds, self.val_ds, self.class_names = build_datasets(
-            layout, image_size=self.image_size, val_fraction=kw.get("val_fraction", 0.1),
-            seed=plan.seed, max_train_samples=kw.get("max_train_samples"),
-            max_eval_samples=kw.get("max_eval_samples"),
+            layout, image_size=self.image_size, val_fraction=settings.val_fraction,
+            seed=plan.seed, max_train_samples=settings.max_train_samples,
+            max_eval_samples=settings.max_eval_samples,
             split_record_path=run_dir / "data_split.json",
         )
-        loaded = load_image_model(plan.model, len(self.class_names), kw.get("arch_key"))
+
+    def load_model(self) -> None:
+        from sparsify.trainers.vision_models import load_image_model
+
+        loaded = load_image_model(self.plan.model, len(self.class_names),
+                                  self.settings.arch_key)
         self.model, self.loaded = loaded.model, loaded
         # The dense FP32 starting point, exported later as the latency baseline.
         self.baseline = copy.deepcopy(self.model).eval()
@@ -102,21 +97,26 @@ class ImageClassificationTask:
 
         from sparsify.modifiers.lifecycle import ModifierLifecycle
 
-        kw, plan = self.plan.train_kwargs, self.plan
+        settings, plan = self.settings, self.plan
         device = resolve_device(plan.device)
         accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")
-        batch_size = int(kw.get("batch_size", 32))
-        accum = int(kw.get("gradient_accumulation_steps", 1))
-        workers = int(kw.get("num_workers", min(4, max(0, (torch.get_num_threads() or 1) - 1))))
+        batch_size = settings.batch_size
+        accum = settings.gradient_accumulation_steps
+        workers = (settings.num_workers if settings.num_workers is not None
+                   else min(4, max(0, (torch.get_num_threads() or 1) - 1)))
         gen = torch.Generator().manual_seed(plan.seed)
         train_loader = DataLoader(self.train_ds, batch_size=batch_size, shuffle=True,
                                   num_workers=workers, generator=gen, drop_last=False,
                                   persistent_workers=workers > 0)
-        val_loader = DataLoader(self.val_ds, batch_size=int(kw.get("eval_batch_size", batch_size)),
+        val_loader = DataLoader(self.val_ds, batch_size=settings.eval_batch_size or batch_size,
                                 shuffle=False, num_workers=workers)
-        optimizer_name = kw.get("optimizer", "sgd")
-        lr = float(kw.get("learning_rate", 0.01 if optimizer_name == "sgd" else 1e-3))
-        wd = float(kw.get("weight_decay", 1e-4 if optimizer_name == "sgd" else 0.01))
+        optimizer_name = settings.optimizer
+        lr = settings.learning_rate
+        if lr is None:
+            lr = 0.01 if optimizer_name == "sgd" else 1e-3
+        wd = settings.weight_decay
+        if wd is None:
+            wd = 1e-4 if optimizer_name == "sgd" else 0.01
 
         model = self.model
         if teacher is not None:
@@ -194,7 +194,7 @@ class ImageClassificationTask:
                                    else metrics[metric_name] >= best[metric_name]))
             if accelerator.is_main_process:
                 payload = self._checkpoint(accelerator.unwrap_model(model), recipe, epoch + 1,
-                                           metrics, lifecycle.qat_active)
+                                           metrics, lifecycle)
                 save_checkpoint(artifacts / "model_last.pth", payload)
                 if better:
                     save_checkpoint(artifacts / "model_best.pth", payload)
@@ -215,11 +215,24 @@ class ImageClassificationTask:
         return TrainResult(final, best, best_epoch, epochs, history, time.monotonic() - started)
 
     def _checkpoint(self, model: nn.Module, recipe: Any, epoch: int, metrics: dict[str, float],
-                    qat: bool) -> dict[str, Any]:
+                    lifecycle: Any) -> dict[str, Any]:
         return {"state_dict": model.state_dict(), "arch_key": self.loaded.arch_key,
                 "num_classes": len(self.class_names), "class_names": list(self.class_names),
-                "epoch": epoch, "metrics": metrics, "qat": qat, "recipe": recipe.to_yaml(),
+                "epoch": epoch, "metrics": metrics, "qat": lifecycle.qat_active,
+                "started_modifiers": lifecycle.started_modifiers(), "recipe": recipe.to_yaml(),
                 "image_size": self.image_size}
+
+    def restore(self, recipe: Any, artifacts: Path, checkpoint: Path | None = None
+                ) -> dict[str, Any]:
+        """Load ``training_artifacts/model_last.pth`` (or ``checkpoint``) into the model, with
+        the QAT structure the recipe had given it; the model ends as training left it."""
+        from sparsify.trainers.common import restore_checkpoint
+
+        path = checkpoint or artifacts / "model_last.pth"
+        payload = _load_payload(path)
+        self.qat = restore_checkpoint(self.model, recipe, payload["state_dict"],
+                                      _started(payload, recipe), path)
+        return payload
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Any, accelerator: Any) -> dict[str, float]:
@@ -255,14 +268,17 @@ class ImageClassificationTask:
         """ONNX Runtime inputs of ``batch`` images for the latency measurement."""
         return {"input": self.sample_batch(1).repeat(batch, 1, 1, 1).numpy()}
 
-    def export(self, deploy_dir: Path, baseline_path: Path) -> dict[str, Any]:
+    def export(self, deploy_dir: Path, baseline_path: Path) -> ExportResult:
         """Export the trained model (INT8 when QAT ran) and the dense FP32 baseline; check the
-        export against PyTorch on the whole validation set."""
-        from sparsify.export.deployment import export_classifier
+        export's top-1 against PyTorch's on the whole validation set."""
+        from sparsify.export.image import export_classifier
 
-        val_images = torch.cat([batch[0] for batch in _loader(self.val_ds, 64)])
+        batches = list(_loader(self.val_ds, 64))
+        val_images = torch.cat([batch[0] for batch in batches])
+        val_labels = torch.cat([batch[1] for batch in batches])
         return export_classifier(
             model=self.model, baseline=self.baseline, val_images=val_images,
+            val_labels=val_labels,
             deploy_dir=deploy_dir, baseline_path=baseline_path, quantized=self.qat,
             config={
                 "task": "image_classification",
@@ -285,7 +301,25 @@ def _loader(dataset: Any, batch_size: int) -> Any:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
+def _load_payload(path: Path) -> dict[str, Any]:
+    from sparsify.errors import ModelNotFoundError
+
+    if not path.is_file():
+        raise ModelNotFoundError(f"No checkpoint at {path}: training ended before its first "
+                                 "epoch was saved.", hint="Run the training again.")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _started(payload: dict[str, Any], recipe: Any) -> list[int]:
+    """The modifiers that had started at a checkpoint; older checkpoints recorded only the QAT
+    flag, so every modifier that starts before the checkpoint's epoch is taken as started."""
+    if "started_modifiers" in payload:
+        return list(payload["started_modifiers"])
+    epoch = float(payload.get("epoch", 0))
+    return [i for i, m in enumerate(recipe.build_modifiers()) if m.start_epoch < epoch]
+
+
 def run_image_classification(plan: Plan, data: str, run_dir: Path) -> ImageClassificationTask:
-    """Build the task (validates data and loads the model)."""
+    """Build the task (validates the data; the model is loaded by ``load_model``)."""
     return ImageClassificationTask(plan, data, run_dir)
 

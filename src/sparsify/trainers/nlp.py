@@ -16,6 +16,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,12 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from sparsify.errors import DataError, ModelNotFoundError, TrainingError, UsageError
+from sparsify.families import settings_for
 from sparsify.plan import Plan
 from sparsify.trainers.common import (
     check_replicas_agree, prunable_sparsity, resolve_device, seed_everything,
 )
-from sparsify.trainers.image_classification import TrainResult
+from sparsify.trainers.base import ExportResult, TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ TASKS: dict[str, tuple[str, tuple[str, ...], str]] = {
 DEFAULT_MAX_SEQ_LENGTH = {"text_classification": 128, "token_classification": 128,
                           "question_answering": 384}
 HEAD_NAMES = ("classifier", "qa_outputs", "score")
+#: --train-kwargs optimizer -> transformers' TrainingArguments.optim
+_HF_OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd"}
 
 
 # --- models ----------------------------------------------------------------------------------
@@ -278,40 +282,34 @@ def tokenize_question_answering(tok: Any, examples: list[dict[str, Any]], max_le
     return out
 
 
-def collect_outputs(into: list[np.ndarray], values: np.ndarray, chunk: list[dict[str, Any]],
-                    family: str) -> None:
-    """Append one batch's output rows, cut to each feature's own length (padding dropped)."""
-    for i, feature in enumerate(chunk):
-        into.append(values[i] if family == "text_classification"
-                    else values[i, :len(feature["input_ids"])])
-
-
-def stack_outputs(rows: list[np.ndarray], family: str) -> Any:
-    """Rows of equal length stacked (classification); per-feature arrays kept otherwise."""
-    return np.stack(rows) if family == "text_classification" else rows
-
-
 # --- the task --------------------------------------------------------------------------------
 
 
 class NLPTask:
-    """Data + model for one NLP run; ``train`` and ``export`` are the later stages."""
+    """Data (checked when built), then model and tokenizer (:meth:`load_model`); ``train`` and
+    ``export`` are the later stages (the :class:`~sparsify.trainers.base.Task` contract)."""
 
     def __init__(self, plan: Plan, data: str, run_dir: Path) -> None:
         from sparsify.data.text import load_task_data
 
         self.plan, self.run_dir = plan, run_dir
         self.family = plan.use_case.family
-        kw = plan.train_kwargs
+        self.settings = settings_for(self.family, plan.train_kwargs)
         seed_everything(plan.seed)
-        self.data = load_task_data(data, self.family, kw, plan.seed, run_dir / "data_split.json")
+        self.data = load_task_data(data, self.family, plan.train_kwargs, plan.seed,
+                                   run_dir / "data_split.json")
         self.label_names: list[str] | None = getattr(self.data, "label_names", None)
+        self.qat = False
+
+    def load_model(self) -> None:
+        settings = self.settings
         self.model, self.tokenizer, self.source, self.head_replaced = load_nlp_model(
-            plan.model, self.family, self.label_names, bool(kw.get("trust_remote_code", False)))
-        self.max_len = int(kw.get("max_seq_length", DEFAULT_MAX_SEQ_LENGTH[self.family]))
+            self.plan.model, self.family, self.label_names, settings.trust_remote_code)
+        self.max_len = settings.max_seq_length or DEFAULT_MAX_SEQ_LENGTH[self.family]
         self.max_len = min(self.max_len, int(getattr(self.tokenizer, "model_max_length", 10**6)),
                            _max_positions(self.model.config))
-        self.stride = int(kw.get("doc_stride", min(128, self.max_len // 3)))
+        stride = getattr(settings, "doc_stride", None)
+        self.stride = stride if stride is not None else min(128, self.max_len // 3)
         if self.family == "question_answering" and self.stride >= self.max_len // 2:
             raise UsageError(f"--train-kwargs doc_stride {self.stride} must be below half of "
                              f"max_seq_length {self.max_len}.")
@@ -319,12 +317,37 @@ class NLPTask:
         self.val_features = self._features(self.data.val, train=False)
         self.baseline = copy.deepcopy(self.model).eval()
         self.start_sparsity = prunable_sparsity(self.model)["overall"]
-        self.qat = False
         labels = f", {len(self.label_names)} labels" if self.label_names else ""
         logger.info("Data: %d train / %d val examples (%d / %d features)%s; model %s, "
                     "sparsity %.1f%%", len(self.data.train), len(self.data.val),
                     len(self.train_features), len(self.val_features), labels, self.source,
                     100 * self.start_sparsity)
+
+    def restore(self, recipe: Any, artifacts: Path, checkpoint: Path | None = None
+                ) -> dict[str, Any]:
+        """Load ``training_artifacts/last`` (or ``checkpoint``, a folder written by training)
+        into the model, with the QAT structure the recipe had given it."""
+        from safetensors.torch import load_file
+
+        from sparsify.trainers.common import restore_checkpoint
+
+        folder = checkpoint or artifacts / "last"
+        weights, state_file = folder / "model.safetensors", folder / "trainer_state.json"
+        if not (weights.is_file() and state_file.is_file()):
+            raise ModelNotFoundError(f"No checkpoint in {folder} (model.safetensors and "
+                                     "trainer_state.json): training ended before its first "
+                                     "epoch was saved.", hint="Run the training again.")
+        meta = json.loads(state_file.read_text(encoding="utf-8"))
+        started = meta.get("started_modifiers")
+        if started is None:  # written before the lifecycle recorded it
+            epoch = float(meta.get("epoch", 0))
+            started = [i for i, m in enumerate(recipe.build_modifiers()) if m.start_epoch < epoch]
+        state = load_file(str(weights))
+        # save_pretrained drops weights tied to others (e.g. an output embedding): keep ours
+        own = self.model.state_dict()
+        state = {**{k: v for k, v in own.items() if k not in state}, **state}
+        self.qat = restore_checkpoint(self.model, recipe, state, started, folder)
+        return meta
 
     def _features(self, examples: list[dict[str, Any]], train: bool) -> list[dict[str, Any]]:
         if self.family == "text_classification":
@@ -350,7 +373,7 @@ class NLPTask:
         """A distillation teacher with this run's labels; its vocabulary must match."""
         teacher, tok, _, replaced = load_nlp_model(
             choice, self.family, self.label_names,
-            bool(self.plan.train_kwargs.get("trust_remote_code", False)))
+            self.settings.trust_remote_code)
         check_same_vocabulary(self.tokenizer, tok, choice.spec)
         if replaced:
             logger.warning("The teacher '%s' had no head for these labels: its head is new "
@@ -383,7 +406,7 @@ class NLPTask:
 
         from sparsify.modifiers.lifecycle import ModifierLifecycle
 
-        kw, plan = self.plan.train_kwargs, self.plan
+        settings, plan = self.settings, self.plan
         device = resolve_device(plan.device)
         lifecycle = ModifierLifecycle(recipe, self.model, teacher)
         epochs = lifecycle.max_epochs
@@ -393,22 +416,22 @@ class NLPTask:
         args = TrainingArguments(
             output_dir=str(artifacts / "hf_trainer"),
             num_train_epochs=epochs,
-            per_device_train_batch_size=int(kw.get("batch_size", 16)),
-            gradient_accumulation_steps=int(kw.get("gradient_accumulation_steps", 1)),
-            learning_rate=float(kw.get("learning_rate", 5e-5)),
-            weight_decay=float(kw.get("weight_decay", 0.01)),
+            per_device_train_batch_size=settings.batch_size,
+            gradient_accumulation_steps=settings.gradient_accumulation_steps,
+            learning_rate=settings.learning_rate,
+            weight_decay=settings.weight_decay,
+            optim=_HF_OPTIMIZERS[settings.optimizer],
             lr_scheduler_type="linear",
             save_strategy="no",
             eval_strategy="no",
             logging_strategy="steps",
-            logging_steps=max(1, math.ceil(len(self.train_features)
-                                            / int(kw.get("batch_size", 16)) / 4)),
+            logging_steps=max(1, math.ceil(len(self.train_features) / settings.batch_size / 4)),
             report_to=["tensorboard"],
             use_cpu=device.type == "cpu",
             bf16=False,  # autocast is ours (compute_loss): off while QAT runs
             seed=plan.seed,
             data_seed=plan.seed,
-            dataloader_num_workers=int(kw.get("num_workers", 0)),
+            dataloader_num_workers=settings.num_workers,
             remove_unused_columns=False,
             disable_tqdm=False,
         )
@@ -437,23 +460,46 @@ class NLPTask:
                            time.monotonic() - started)
 
     # --- evaluation --------------------------------------------------------------------------
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return TASKS[self.family][1]
+
+    @property
+    def export_metric(self) -> str:
+        """The task metric the export's fidelity is judged by."""
+        return TASKS[self.family][2]
+
+    def predict_with(self, run_batch: Callable[[dict[str, torch.Tensor]], list[np.ndarray]],
+                     batch_size: int | None = None) -> list[Any]:
+        """Per-feature outputs over the validation features (padding dropped), from
+        ``run_batch(collated inputs) -> one array per output name`` (PyTorch or ONNX Runtime)."""
+        rows: list[list[np.ndarray]] = [[] for _ in self.output_names]
+        batch_size = batch_size or self.settings.eval_batch_size
+        for start in range(0, len(self.val_features), batch_size):
+            chunk = self.val_features[start:start + batch_size]
+            batch = self.collate([{k: f[k] for k in self.input_names} for f in chunk])
+            for j, values in enumerate(run_batch(batch)):
+                for i, feature in enumerate(chunk):
+                    rows[j].append(values[i] if self.family == "text_classification"
+                                   else values[i, :len(feature["input_ids"])])
+        # rows of equal length stacked (classification); per-feature arrays kept otherwise
+        return [np.stack(r) if self.family == "text_classification" else r for r in rows]
+
     @torch.no_grad()
-    def predict(self, model: nn.Module, batch_size: int = 32) -> list[np.ndarray]:
+    def predict(self, model: nn.Module, batch_size: int | None = None) -> list[Any]:
         """Per-feature outputs of ``model`` over the validation features (no padding kept)."""
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        names = TASKS[self.family][1]
-        outputs: list[list[np.ndarray]] = [[] for _ in names]
-        for start in range(0, len(self.val_features), batch_size):
-            chunk = self.val_features[start:start + batch_size]
-            batch = self.collate([{k: f[k] for k in self.input_names} for f in chunk])
+
+        def run(batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
             out = model(**{k: v.to(device) for k, v in batch.items()})
-            for j, name in enumerate(names):
-                collect_outputs(outputs[j], out[name].float().cpu().numpy(), chunk, self.family)
-        if was_training:
-            model.train()
-        return [stack_outputs(o, self.family) for o in outputs]
+            return [out[name].float().cpu().numpy() for name in self.output_names]
+
+        try:
+            return self.predict_with(run, batch_size)
+        finally:
+            model.train(was_training)
 
     def metrics_from_outputs(self, outputs: list[np.ndarray]) -> dict[str, float]:
         """The task metrics from per-feature outputs (PyTorch's or ONNX Runtime's)."""
@@ -496,7 +542,7 @@ class NLPTask:
         """ONNX Runtime inputs for the latency measurement: ``max_seq_length`` tokens."""
         return self.sample_inputs(batch, min(self.max_len, 128))
 
-    def export(self, deploy_dir: Path, baseline_path: Path) -> dict[str, Any]:
+    def export(self, deploy_dir: Path, baseline_path: Path) -> ExportResult:
         from sparsify.export.nlp import export_transformer
 
         return export_transformer(self, deploy_dir, baseline_path)
@@ -626,7 +672,8 @@ class _LifecycleCallback(TrainerCallback):
         self.task.tokenizer.save_pretrained(tmp)
         (tmp / "recipe.yaml").write_text(self.recipe.to_yaml(), encoding="utf-8")
         (tmp / "trainer_state.json").write_text(json.dumps({
-            "epoch": epoch, "metrics": metrics, "qat": self.lifecycle.qat_active}, indent=1))
+            "epoch": epoch, "metrics": metrics, "qat": self.lifecycle.qat_active,
+            "started_modifiers": self.lifecycle.started_modifiers()}, indent=1))
         old = folder.with_name(f".{folder.name}.old")
         shutil.rmtree(old, ignore_errors=True)  # left over by a crash between the renames
         if folder.exists():
@@ -636,6 +683,6 @@ class _LifecycleCallback(TrainerCallback):
 
 
 def run_nlp(plan: Plan, data: str, run_dir: Path) -> NLPTask:
-    """Build the task (validates data and loads the model)."""
+    """Build the task (validates the data; the model is loaded by ``load_model``)."""
     return NLPTask(plan, data, run_dir)
 
