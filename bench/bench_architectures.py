@@ -56,7 +56,7 @@ def interleaved_speedups(model: Path, baseline: Path, size: int, rounds: int = 5
     """Baseline / model latency per batch size, both timed in turn within every round."""
     import statistics
 
-    from sparsify.export.onnx_export import measure_latency
+    from sparsify.export.inspect import measure_latency
 
     rng = np.random.default_rng(0)
 
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help="also write the table to this file")
     args = parser.parse_args()
     from sparsify.data.synthetic import make_synthetic_image_folder
-    from sparsify.export.onnx_export import float_ops_on_dequantized_inputs
+    from sparsify.export.inspect import float_ops_on_dequantized_inputs
 
     data = args.out / "data"
     if not data.exists():

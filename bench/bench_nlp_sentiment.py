@@ -93,7 +93,7 @@ def interleaved_latency(run: Path, reps: int = 30) -> dict[int, tuple[float, flo
 
     import numpy as np
 
-    from sparsify.export.onnx_export import ort_session
+    from sparsify.export.inspect import ort_session
 
     sample = dict(np.load(run / "deployment" / "sample_input.npz"))
     out: dict[int, tuple[float, float]] = {}

@@ -7,7 +7,6 @@ so that ``--dry-run`` can say where the model would come from.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,18 +274,12 @@ def parse_train_kwargs(text: str | None, use_case: UseCase) -> dict[str, Any]:
             ones listed), a value of the wrong type or out of range.
     """
     from sparsify.families import check_train_kwargs
+    from sparsify.recipe.args import json_object
 
     if not text:
         return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TrainKwargsError(
-            f"--train-kwargs is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}. "
-            'Example: --train-kwargs \'{"batch_size": 16, "learning_rate": 0.001}\''
-        ) from None
-    if not isinstance(value, dict):
-        raise TrainKwargsError(f"--train-kwargs must be a JSON object, got {text!r}.")
+    value = json_object(text, "--train-kwargs", TrainKwargsError,
+                        'Example: --train-kwargs \'{"batch_size": 16, "learning_rate": 0.001}\'')
     return check_train_kwargs(value, use_case.family, use_case.id)
 
 

@@ -20,7 +20,7 @@ def measure_latencies(model_onnx: Path, baseline_onnx: Path, make_inputs: Any,
                       batch_sizes: tuple[int, ...] = (1, 32), runs: int = 20) -> dict[str, Any]:
     """ONNX Runtime CPU latency of the result and of the dense FP32 baseline, measured in the
     same process one after the other, with the speedup ratio per batch size."""
-    from sparsify.export.onnx_export import measure_latency
+    from sparsify.export.inspect import measure_latency
 
     result = measure_latency(model_onnx, make_inputs, batch_sizes=batch_sizes, runs=runs)
     baseline = measure_latency(baseline_onnx, make_inputs, batch_sizes=batch_sizes, runs=runs)
@@ -112,7 +112,7 @@ def build_report(plan: Plan, task: Task, train: TrainResult, export: ExportResul
     """``metrics.yaml`` of a complete run: the task metrics, sparsity, the export's fidelity,
     sizes and the latency of the result next to the dense FP32 baseline."""
     from sparsify.export.deployment import gzip_size
-    from sparsify.export.onnx_export import float_ops_on_dequantized_inputs
+    from sparsify.export.inspect import float_ops_on_dequantized_inputs
 
     onnx_path, baseline_path = export.onnx, export.baseline_onnx
     latency = measure_latencies(onnx_path, baseline_path, task.latency_inputs)

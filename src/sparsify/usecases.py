@@ -142,8 +142,3 @@ def resolve_use_case(name: str) -> UseCase:
         hint="Aliases such as 'ic', 'qa', 'ner', 'yolo', 'sentiment' also work; "
         "run 'sparsify.run use-cases' for the full list.",
     )
-
-
-def get_use_case(use_case_id: str) -> UseCase:
-    """Return the use case with canonical id ``use_case_id`` (internal callers)."""
-    return _BY_ID[use_case_id]

@@ -58,7 +58,7 @@ def run_cli(workspace, use_case, data, model, level="0.5"):
 
 
 def check_run(run, outputs):
-    from sparsify.export.onnx_export import (
+    from sparsify.export.inspect import (
         integer_kernel_count, onnx_weight_sparsity, optimized_graph_op_counts, run_onnx,
     )
 

@@ -16,7 +16,7 @@ import torchvision
 import yaml
 
 from sparsify.data.synthetic import make_synthetic_image_folder
-from sparsify.export.onnx_export import (
+from sparsify.export.inspect import (
     count_qdq, integer_kernel_count, onnx_weight_sparsity, optimized_graph_op_counts, run_onnx,
 )
 

@@ -19,7 +19,7 @@ from sparsify.data.synthetic_text import (
     entity_rows, make_tiny_bert, question_rows, sentiment_rows, topic_rows, write_csv,
     write_jsonl,
 )
-from sparsify.export.onnx_export import onnx_weight_sparsity, run_onnx
+from sparsify.export.inspect import onnx_weight_sparsity, run_onnx
 
 pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "sparsify.run")

@@ -399,7 +399,7 @@ def test_float_ops_on_dequantized_inputs_finds_operators_without_integer_kernels
     import onnx
     from onnx import TensorProto, helper
 
-    from sparsify.export.onnx_export import float_ops_on_dequantized_inputs
+    from sparsify.export.inspect import float_ops_on_dequantized_inputs
 
     scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.05])
     zero = helper.make_tensor("z", TensorProto.UINT8, [], [128])

@@ -73,7 +73,7 @@ def tiny(tmp_path_factory):
 
 
 def test_labels_on_first_sub_token_only(tiny):
-    from sparsify.trainers.nlp import tokenize_token_classification
+    from sparsify.trainers.nlp_models import tokenize_token_classification
 
     tok = transformers.AutoTokenizer.from_pretrained(tiny)
     # "berlinx" is not in the vocabulary: WordPiece splits it into several pieces
@@ -86,7 +86,7 @@ def test_labels_on_first_sub_token_only(tiny):
 
 
 def test_qa_windows_locate_the_answer(tiny):
-    from sparsify.trainers.nlp import tokenize_question_answering
+    from sparsify.trainers.nlp_models import tokenize_question_answering
 
     tok = transformers.AutoTokenizer.from_pretrained(tiny)
     context = " ".join(["Alice lives in Berlin."] * 6) + " Bruno works for Acme."
@@ -111,7 +111,7 @@ def choice(path):
 
 
 def test_head_is_replaced_only_when_labels_differ(tiny, tmp_path):
-    from sparsify.trainers.nlp import load_nlp_model
+    from sparsify.trainers.nlp_models import load_nlp_model
 
     model, tok, _, replaced = load_nlp_model(choice(tiny), "text_classification", ["neg", "pos"])
     assert replaced and model.config.id2label == {0: "neg", 1: "pos"}
@@ -133,7 +133,7 @@ def test_sparsezoo_layout_folder_and_missing_model(tiny, tmp_path):
     import shutil
 
     from sparsify.errors import ModelNotFoundError
-    from sparsify.trainers.nlp import load_nlp_model
+    from sparsify.trainers.nlp_models import load_nlp_model
 
     shutil.copytree(tiny, tmp_path / "zoo_model" / "training")
     model, *_ = load_nlp_model(choice(tmp_path / "zoo_model"), "question_answering", None)
@@ -147,7 +147,7 @@ def test_teacher_with_another_vocabulary_is_refused(tiny, tmp_path):
     from tokenizers import BertWordPieceTokenizer
 
     from sparsify.errors import UsageError
-    from sparsify.trainers.nlp import check_same_vocabulary
+    from sparsify.trainers.nlp_models import check_same_vocabulary
 
     (tmp_path / "v.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "x"]))
     other = transformers.BertTokenizerFast(
@@ -175,7 +175,7 @@ def test_left_padding_tokenizer_keeps_labels_aligned(tiny):
 
 def test_long_question_is_a_data_error(tiny):
     from sparsify.errors import DataError
-    from sparsify.trainers.nlp import tokenize_question_answering
+    from sparsify.trainers.nlp_models import tokenize_question_answering
 
     tok = transformers.AutoTokenizer.from_pretrained(tiny)
     example = {"id": "x", "question": " ".join(["where"] * 40) + "?", "context": "Ann lives here.",
@@ -185,7 +185,7 @@ def test_long_question_is_a_data_error(tiny):
 
 
 def test_generic_and_case_different_label_names_keep_the_head():
-    from sparsify.trainers.nlp import _same_labels
+    from sparsify.trainers.nlp_models import _same_labels
 
     assert _same_labels(["LABEL_0", "LABEL_1"], ["neg", "pos"])
     assert _same_labels(["NEGATIVE", "POSITIVE"], ["negative", "positive"])

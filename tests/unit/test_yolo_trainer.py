@@ -94,7 +94,8 @@ def test_dfl_is_a_buffer_not_a_prunable_weight():
 def test_quantized_silu_exports_integer_kernels(tmp_path):
     from ultralytics.nn.modules import Conv
 
-    from sparsify.export.onnx_export import export_onnx, optimized_graph_op_counts
+    from sparsify.export.onnx_export import export_onnx
+    from sparsify.export.inspect import optimized_graph_op_counts
     from sparsify.quantization import prepare_qat_
 
     torch.manual_seed(0)

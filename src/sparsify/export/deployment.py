@@ -65,7 +65,7 @@ def check_integer_graph(model_path: Path, quantized: bool) -> tuple[dict[str, in
         ExportError: a quantized graph without integer kernels (it would run slower than FP32),
             or Quantize/Dequantize nodes in an FP32 graph.
     """
-    from sparsify.export.onnx_export import count_qdq, integer_kernel_count, optimized_graph_op_counts
+    from sparsify.export.inspect import count_qdq, integer_kernel_count, optimized_graph_op_counts
 
     counts = optimized_graph_op_counts(model_path)
     kernels = integer_kernel_count(counts)
@@ -112,7 +112,7 @@ def write_deployment(deploy_dir: Path, model_path: Path, baseline_path: Path, *,
             that fails :func:`check_integer_graph`.
         FidelityError: the fidelity rule failed (the folder is written all the same).
     """
-    from sparsify.export.onnx_export import onnx_weight_sparsity, run_onnx
+    from sparsify.export.inspect import onnx_weight_sparsity, run_onnx
 
     agreement = fidelity_result.agreement
     if not quantized and agreement.get("max_rel_diff", 0.0) > fp32_tolerance:

@@ -171,7 +171,8 @@ def export_yolo(model: nn.Module, baseline: nn.Module, val: list[tuple[Path, Pat
             deployment folder is written all the same).
     """
     from sparsify.export.deployment import fidelity, write_deployment
-    from sparsify.export.onnx_export import compare_with_torch, export_onnx, ort_session
+    from sparsify.export.onnx_export import export_onnx
+    from sparsify.export.inspect import compare_with_torch, ort_session
 
     deploy_dir.mkdir(parents=True, exist_ok=True)
     size = int(config["image_size"])

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +30,8 @@ def export_classifier(model: nn.Module, baseline: nn.Module, val_images: torch.T
             deployment folder is written all the same).
     """
     from sparsify.export.deployment import fidelity, write_deployment
-    from sparsify.export.onnx_export import compare_with_torch, export_onnx
+    from sparsify.export.onnx_export import export_onnx
+    from sparsify.export.inspect import compare_with_torch
 
     deploy_dir.mkdir(parents=True, exist_ok=True)
     size = config.get("crop", val_images.shape[-1])

@@ -36,7 +36,7 @@ class OutputTuple(nn.Module):
 
 def onnx_batch_runner(onnx_path: Path) -> Callable[[dict[str, Any]], list[np.ndarray]]:
     """``batch -> outputs`` of an ONNX file, for :meth:`NLPTask.predict_with`."""
-    from sparsify.export.onnx_export import ort_session
+    from sparsify.export.inspect import ort_session
 
     session = ort_session(onnx_path)
     names = [o.name for o in session.get_outputs()]
@@ -62,7 +62,8 @@ def export_transformer(task: Any, deploy_dir: Path, baseline_path: Path) -> Expo
             PyTorch's (the deployment folder is written all the same).
     """
     from sparsify.export.deployment import fidelity, write_deployment
-    from sparsify.export.onnx_export import compare_with_torch, export_onnx
+    from sparsify.export.onnx_export import export_onnx
+    from sparsify.export.inspect import compare_with_torch
 
     family = task.family
     output_names = task.output_names

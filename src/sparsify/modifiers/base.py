@@ -62,6 +62,12 @@ class ModifierState:
     #: Incremented when a modifier changes the module structure (QAT, conv-bn folding), so that
     #: modifiers holding tensor references look them up again.
     structure_version: int = 0
+    #: Set by a quantization modifier once quantization-aware training runs (trainers switch
+    #: mixed precision and EMA off then).
+    quantized: bool = False
+    #: Modules the trainer knows must stay in float whatever the recipe selects (fixed maths
+    #: such as YOLO's DFL box decoding): quantization modifiers leave them out.
+    float_modules: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
 

@@ -32,13 +32,16 @@ class ModifierLifecycle:
         recipe: the parsed recipe.
         model: the model being trained.
         teacher: the distillation teacher (``None`` disables distillation).
+        float_modules: module names that must stay in float whatever the recipe selects.
     """
 
     def __init__(self, recipe: Recipe, model: torch.nn.Module,
-                 teacher: torch.nn.Module | None = None) -> None:
+                 teacher: torch.nn.Module | None = None,
+                 float_modules: list[str] | None = None) -> None:
         self.recipe = recipe
         self.modifiers: list[Modifier] = recipe.build_modifiers()
-        self.state = ModifierState(model=model, teacher=teacher)
+        self.state = ModifierState(model=model, teacher=teacher,
+                                   float_modules=list(float_modules or []))
         self.step = 0
         self._initialized = False
         self._finalized = False
@@ -58,7 +61,7 @@ class ModifierLifecycle:
     @property
     def qat_active(self) -> bool:
         """Whether quantization-aware training has started (switch AMP / EMA off then)."""
-        return bool(self.state.extras.get("qat_active"))
+        return self.state.quantized
 
     @property
     def epoch(self) -> float:

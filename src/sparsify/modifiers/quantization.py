@@ -122,12 +122,13 @@ class QuantizationModifier(Modifier):
                 raise ValueError(f"scheme.{part}.strategy: '{strategy}' is not tensor/channel")
         return dict(self.scheme)
 
-    def quantization_config(self) -> Any:
-        """The ``sparsify.quantization.QuantizationConfig`` these fields describe."""
+    def quantization_config(self, float_modules: list[str] | None = None) -> Any:
+        """The ``sparsify.quantization.QuantizationConfig`` these fields describe, with the
+        trainer's ``float_modules`` (module names) ignored as well."""
         from sparsify.quantization import QuantizationConfig
 
         exclude = list(self.exclude_module_types or [])
-        ignore = list(self.ignore or [])
+        ignore = list(self.ignore or []) + list(float_modules or [])
         ignore += [t for t, v in (self.scheme_overrides or {}).items() if v is None]
         scheme = self._scheme_config()
         linear_out = self.quantize_linear_activations
@@ -148,9 +149,9 @@ class QuantizationModifier(Modifier):
     def on_start(self, state: ModifierState, event: Event) -> None:
         from sparsify.quantization import prepare_qat_
 
-        prepare_qat_(state.model, self.quantization_config())
+        prepare_qat_(state.model, self.quantization_config(state.float_modules))
         state.structure_version += 1
-        state.extras["qat_active"] = True
+        state.quantized = True
         logger.info("Quantization-aware training starts at epoch %.2f", event.epoch)
         if self.num_calibration_steps:
             logger.warning("num_calibration_steps=%s: observers calibrate on the QAT training "
@@ -162,9 +163,9 @@ class QuantizationModifier(Modifier):
     def on_restructure(self, state: ModifierState) -> None:
         from sparsify.quantization import prepare_qat_
 
-        prepare_qat_(state.model, self.quantization_config())
+        prepare_qat_(state.model, self.quantization_config(state.float_modules))
         state.structure_version += 1
-        state.extras["qat_active"] = True
+        state.quantized = True
 
     def on_event(self, state: ModifierState, event: Event) -> None:
         from sparsify.quantization import disable_observers_, freeze_bn_stats_

@@ -21,6 +21,22 @@ def _scalar(text: str) -> Any:
     return text
 
 
+def json_object(text: str, option: str, error: type[Exception], usage: str) -> dict[str, Any]:
+    """``text`` as a JSON object, for an option that takes one.
+
+    Raises:
+        error: not JSON (where it broke and ``usage``), or JSON that is not an object.
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{option} is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}. "
+                    f"{usage}") from None
+    if not isinstance(value, dict):
+        raise error(f"{option} must be a JSON object, got {text!r}.")
+    return value
+
+
 def parse_recipe_args(text: str | None) -> dict[str, Any]:
     """Parse ``--recipe-args``.
 
@@ -31,15 +47,9 @@ def parse_recipe_args(text: str | None) -> dict[str, Any]:
         return {}
     stripped = text.strip()
     if stripped.startswith("{") or stripped.startswith("["):
-        try:
-            value = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise RecipeError(
-                f"--recipe-args is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}. "
-                'Use a JSON object (\'{"num_epochs": 12}\') or k=v pairs (num_epochs=12,init_lr=1e-4).'
-            ) from None
-        if not isinstance(value, dict):
-            raise RecipeError(f"--recipe-args must be a JSON object, got {text!r}.")
+        value = json_object(stripped, "--recipe-args", RecipeError,
+                            'Use a JSON object (\'{"num_epochs": 12}\') or k=v pairs '
+                            "(num_epochs=12,init_lr=1e-4).")
         for key in value:
             if not isinstance(key, str) or not key.isidentifier():
                 raise RecipeError(f"--recipe-args key {key!r} is not a variable name.")

@@ -42,16 +42,6 @@ def eval_body(value: Any) -> str | None:
     return None
 
 
-def names_in(expression: str) -> set[str]:
-    """Variable names an expression refers to (function names excluded)."""
-    try:
-        tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError:
-        return set()
-    called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
-    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in called}
-
-
 def evaluate(expression: str, variables: Mapping[str, Any]) -> Any:
     """Evaluate ``expression`` over ``variables`` with the restricted grammar.
 

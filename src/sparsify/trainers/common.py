@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,10 @@ logger = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
+    """Python, NumPy and torch (CUDA included) seeded, by Accelerate's ``set_seed``."""
+    from accelerate.utils import set_seed
 
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover - numpy comes with the train extra
-        pass
+    set_seed(seed % 2**32)  # NumPy takes 32-bit seeds
 
 
 def resolve_device(name: str) -> torch.device:

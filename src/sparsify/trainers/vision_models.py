@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,7 @@ class LoadedModel:
     model: nn.Module
     arch_key: str
     source: str
-    pretrained: bool
     head_replaced: bool = False
-    recipe_files: list[str] = field(default_factory=list)
 
 
 def _torchvision():
@@ -333,10 +331,7 @@ def load_image_model(choice: ModelChoice, num_classes: int, arch_key: str | None
 
     path = Path(choice.local_path) if choice.local_path else resolve_model_path(choice.spec)
     if path is not None:
-        recipes = []
         if path.is_dir():
-            recipes = sorted(str(p) for p in (path / "recipe").glob("recipe*")) \
-                if (path / "recipe").is_dir() else []
             checkpoint = _find_in_folder(path)
             if checkpoint is None:
                 raise ModelNotFoundError(
@@ -344,7 +339,7 @@ def load_image_model(choice: ModelChoice, num_classes: int, arch_key: str | None
             path = checkpoint
         model, arch = _load_checkpoint(path, arch_key)
         replaced = replace_head_(model, num_classes)
-        return LoadedModel(model, arch, str(path), True, replaced, recipes)
+        return LoadedModel(model, arch, str(path), replaced)
 
     # A model name, or the catalog's remote source.
     entry = choice.entry
@@ -365,4 +360,4 @@ def load_image_model(choice: ModelChoice, num_classes: int, arch_key: str | None
     replaced = replace_head_(model, num_classes)
     source = f"{name} (timm pretrained)" if name.startswith("timm:") else \
         f"torchvision:{name} ({weights})"
-    return LoadedModel(model, name, source, True, replaced)
+    return LoadedModel(model, name, source, replaced)

@@ -106,7 +106,13 @@ def ultralytics_dirs() -> list[Path]:
 
 
 def hf_cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
-    """The snapshot folder of ``repo_id`` in the hub cache, or ``None`` (no network)."""
+    """The snapshot folder of ``repo_id`` in the hub cache, or ``None`` (no network).
+
+    Hand-written on purpose: ``--dry-run`` and ``sparsify.zoo list`` call it, and importing
+    ``huggingface_hub`` for ``try_to_load_from_cache`` (which also needs a file name, where a
+    whole snapshot folder is wanted here) would add 0.25 s to commands that take 0.1-0.2 s.
+    The layout read is the hub cache's documented one (``refs/<revision>`` -> commit ->
+    ``snapshots/<commit>``); downloads go through ``huggingface_hub`` itself."""
     if not is_hub_id(repo_id):
         return None
     repo = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
