@@ -17,6 +17,7 @@ MODIFIERS: dict[str, str] = {
     "GMPruningModifier": "sparsify.modifiers.pruning:GMPruningModifier",
     "MagnitudePruningModifier": "sparsify.modifiers.pruning:MagnitudePruningModifier",
     "GlobalMagnitudePruningModifier": "sparsify.modifiers.pruning:GlobalMagnitudePruningModifier",
+    "OBSPruningModifier": "sparsify.modifiers.obs:OBSPruningModifier",
     "QuantizationModifier": "sparsify.modifiers.quantization:QuantizationModifier",
     "DistillationModifier": "sparsify.modifiers.distillation:DistillationModifier",
 }
