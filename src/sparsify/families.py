@@ -112,6 +112,8 @@ class Family:
     settings: type[CommonSettings]
     #: built-in defaults where the family's trainer differs from the settings' own
     defaults: dict[str, Any] = field(default_factory=dict)
+    #: whether the trainer distils from a teacher (``--teacher auto`` trains one first)
+    distills: bool = True
 
 
 FAMILIES: dict[str, Family] = {f.id: f for f in (
@@ -134,11 +136,11 @@ FAMILIES: dict[str, Family] = {f.id: f for f in (
     Family("detection", "sparsify.trainers.detection:run_detection",
            ("torchvision", "ultralytics"), "map50_95", YoloSettings,
            {"batch_size": 16, "learning_rate": 0.001, "weight_decay": 0.0005, "num_workers": 0,
-            "val_fraction": 0.2}),
+            "val_fraction": 0.2}, distills=False),
     Family("segmentation", "sparsify.trainers.detection:run_detection",
            ("torchvision", "ultralytics"), "map50_95", YoloSettings,
            {"batch_size": 16, "learning_rate": 0.001, "weight_decay": 0.0005, "num_workers": 0,
-            "val_fraction": 0.2}),
+            "val_fraction": 0.2}, distills=False),
 )}
 
 

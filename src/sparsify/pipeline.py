@@ -89,13 +89,14 @@ def resolve_recipe(plan: Plan, model_sparsity: float) -> tuple[Plan, Recipe]:
 
 
 def resolve_teacher(plan: Plan, task: Task) -> nn.Module | None:
-    """``disable`` -> None; ``self`` -> a frozen copy of the starting model; a path, stub or
+    """``disable`` and ``auto`` -> None (``auto``'s teacher is trained by
+    :func:`train_teacher`); ``self`` -> a frozen copy of the starting model; a path, stub or
     name -> loaded by the domain's task the way it loads ``--model``."""
     import copy
 
     from sparsify.plan import locate_model
 
-    if plan.teacher == "disable":
+    if plan.teacher in ("disable", "auto"):  # auto: trained after preparation (train_teacher)
         return None
     if plan.teacher == "self":
         if task.head_replaced:
@@ -238,17 +239,64 @@ def _stages(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder, main:
             record["data_path"] = str(Path(data).expanduser().resolve())
         write_text_atomic(run_dir / "plan.yaml", plan_to_yaml(plan, record))
         write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
+    dense = None
+    if plan.teacher == "auto":
+        teacher, dense = train_teacher(plan, task, recipe)                   # dense teacher
+        if main and dense is not None:
+            dense.save(run_dir / "training_artifacts" / "teacher" / TRAIN_RESULT)
     train = task.train(recipe, teacher)                                      # train
     if not main:
         return run_dir
     train.save(run_dir / "training_artifacts" / TRAIN_RESULT)
-    return export_and_report(plan, task, train, run_dir)
+    return export_and_report(plan, task, train, run_dir, dense)
 
 
 TRAIN_RESULT = "train_result.json"
 
 
-def export_and_report(plan: Plan, task: Task, train: TrainResult, run_dir: Path) -> Path:
+def train_teacher(plan: Plan, task: Task, recipe: Recipe
+                  ) -> tuple[nn.Module | None, TrainResult | None]:
+    """``--teacher auto``: fine-tune a dense copy of the starting model on the user's data
+    (:func:`teacher_recipe`), keep its validation metrics, and let the student start from it.
+
+    Returns:
+        ``(teacher, its TrainResult)``, or ``(None, None)`` when the recipe or the family has
+        no use for one (said in the log).
+    """
+    import copy
+
+    from sparsify.families import FAMILIES
+
+    if not FAMILIES[plan.use_case.family].distills:
+        logger.info("--teacher auto: %s training has no distillation; no teacher is trained.",
+                    plan.use_case.id)
+        return None, None
+    from sparsify.recipe.teacher import teacher_recipe
+
+    phase = teacher_recipe(recipe)
+    if phase is None:
+        logger.info("--teacher auto: the recipe %s does not prune gradually with distillation; "
+                    "no dense teacher is trained.", plan.recipe)
+        return None, None
+    click.echo(f"Dense teacher: fine-tuning a copy of the starting model for "
+               f"{phase.max_epochs:g} epochs (--teacher auto; --teacher disable skips it).")
+    student_start = task.model
+    task.model = copy.deepcopy(student_start)
+    dense = task.train(phase, None, phase="teacher")
+    teacher = task.model.eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    task.model = copy.deepcopy(teacher).train()  # the student starts from the fine-tuned weights
+    for parameter in task.model.parameters():
+        parameter.requires_grad_(True)
+    logger.info("Dense teacher: %s after %d epochs (%.0f s).",
+                ", ".join(f"{k}={v:.4f}" for k, v in dense.metrics.items()), dense.epochs,
+                dense.seconds)
+    return teacher, dense
+
+
+def export_and_report(plan: Plan, task: Task, train: TrainResult, run_dir: Path,
+                      dense: TrainResult | None = None) -> Path:
     """Export and report a trained task into ``run_dir``; a failure keeps the run.
 
     The deployment is built in ``deployment.partial/`` and renamed to ``deployment/`` when
@@ -267,12 +315,13 @@ def export_and_report(plan: Plan, task: Task, train: TrainResult, run_dir: Path)
     shutil.rmtree(partial, ignore_errors=True)
     try:
         export = task.export(partial, artifacts / "dense_baseline.onnx")      # export
-        metrics = build_report(plan, task, train, export)                     # report
+        metrics = build_report(plan, task, train, export, dense)              # report
     except SparsifyError as error:
         export = error.result if isinstance(error, FidelityError) else None
         if partial.exists():
             _replace_dir(partial, run_dir / "deployment_rejected")
-        write_metrics(run_dir / "metrics.yaml", failed_report(plan, task, train, export, error))
+        write_metrics(run_dir / "metrics.yaml",
+                      failed_report(plan, task, train, export, error, dense))
         error.hint = (f"{error.hint + ' ' if error.hint else ''}The trained model is kept: "
                       f"checkpoints in {artifacts}, logs in {run_dir / 'run.log'}, the figures "
                       f"in {run_dir / 'metrics.yaml'}. Once fixed, export again without "
@@ -367,7 +416,9 @@ def export_run(run_dir: Path, checkpoint: Path | None = None) -> Path:
             metrics = {k: float(v) for k, v in (meta.get("metrics") or {}).items()}
             epoch = int(meta.get("epoch", 0))
             train = TrainResult(metrics, metrics, epoch, epoch)
-        return export_and_report(plan, task, train, run_dir)
+        teacher_file = run_dir / "training_artifacts" / "teacher" / TRAIN_RESULT
+        dense = TrainResult.load(teacher_file) if teacher_file.is_file() else None
+        return export_and_report(plan, task, train, run_dir, dense)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         logging.getLogger().removeHandler(file_log)

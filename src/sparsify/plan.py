@@ -320,7 +320,7 @@ def build_plan(
     recipe: str | None = None,
     recipe_args: dict[str, Any] | None = None,
     train_kwargs: dict[str, Any] | None = None,
-    teacher: str = "disable",
+    teacher: str = "auto",
     device: str = "auto",
     seed: int = 42,
     eval_metric: str | None = None,

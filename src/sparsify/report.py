@@ -73,11 +73,13 @@ def _rounded(values: dict[str, float]) -> dict[str, float]:
     return {k: round(float(v), 5) for k, v in values.items()}
 
 
-def _base_report(plan: Plan, task: Task, train: TrainResult) -> dict[str, Any]:
+def _base_report(plan: Plan, task: Task, train: TrainResult, dense: TrainResult | None
+                 ) -> dict[str, Any]:
     from sparsify.trainers.common import prunable_sparsity
 
-    sparsity = prunable_sparsity(task.model)
-    return {
+    everything = prunable_sparsity(task.model)
+    pruned = prunable_sparsity(task.model, train.pruned) if train.pruned else None
+    out = {
         "use_case": plan.use_case.id,
         "optim_level": plan.optim_level,
         "scheme": plan.scheme,
@@ -90,12 +92,22 @@ def _base_report(plan: Plan, task: Task, train: TrainResult) -> dict[str, Any]:
         "sparsity": {
             "target": plan.target_sparsity,
             "start": task.start_sparsity,
-            "overall": sparsity["overall"],
-            "per_layer": sparsity["per_layer"],
+            # the target applies to the weights the recipe pruned (its policy: selectors)
+            "overall": (pruned or everything)["overall"],
+            "policy": train.pruning_policy or None,
+            "pruned_layers": pruned["overall"] if pruned else None,
+            "pruned_parameters": pruned["prunable_parameters"] if pruned else 0,
+            "all_prunable_weights": everything["overall"],
+            "per_layer": everything["per_layer"],
         },
         "parameters": sum(p.numel() for p in task.model.parameters()),
-        "prunable_parameters": sparsity["prunable_parameters"],
+        "prunable_parameters": everything["prunable_parameters"],
     }
+    if dense is not None:  # the accuracy cost, measured inside the run
+        out["dense_teacher"] = {"task_metrics": _rounded(dense.metrics), "epochs": dense.epochs,
+                                "train_seconds": round(dense.seconds, 1)}
+        out["train_seconds_total"] = round(train.seconds + dense.seconds, 1)
+    return out
 
 
 def _export_section(export: ExportResult) -> dict[str, Any]:
@@ -107,8 +119,8 @@ def _export_section(export: ExportResult) -> dict[str, Any]:
     }
 
 
-def build_report(plan: Plan, task: Task, train: TrainResult, export: ExportResult
-                 ) -> dict[str, Any]:
+def build_report(plan: Plan, task: Task, train: TrainResult, export: ExportResult,
+                 dense: TrainResult | None = None) -> dict[str, Any]:
     """``metrics.yaml`` of a complete run: the task metrics, sparsity, the export's fidelity,
     sizes and the latency of the result next to the dense FP32 baseline."""
     from sparsify.export.deployment import gzip_size
@@ -116,7 +128,7 @@ def build_report(plan: Plan, task: Task, train: TrainResult, export: ExportResul
 
     onnx_path, baseline_path = export.onnx, export.baseline_onnx
     latency = measure_latencies(onnx_path, baseline_path, task.latency_inputs)
-    metrics = {"status": "complete", **_base_report(plan, task, train)}
+    metrics = {"status": "complete", **_base_report(plan, task, train, dense)}
     metrics["sparsity"]["onnx_initializers"] = round(export.onnx_sparsity, 4)
     metrics["size"] = {"onnx_bytes": onnx_path.stat().st_size,
                        "onnx_gzip_bytes": gzip_size(onnx_path),
@@ -133,13 +145,13 @@ def build_report(plan: Plan, task: Task, train: TrainResult, export: ExportResul
 
 
 def failed_report(plan: Plan, task: Task, train: TrainResult, export: ExportResult | None,
-                  error: SparsifyError) -> dict[str, Any]:
+                  error: SparsifyError, dense: TrainResult | None = None) -> dict[str, Any]:
     """``metrics.yaml`` of a run whose training finished and whose export or report failed:
     what failed and every figure there is (the fidelity figures when the export ran)."""
     metrics = {"status": "failed",
                "failure": {"stage": "export", "error": type(error).__name__,
                            "message": error.message},
-               **_base_report(plan, task, train)}
+               **_base_report(plan, task, train, dense)}
     if export is not None:
         metrics["sparsity"]["onnx_initializers"] = round(export.onnx_sparsity, 4)
         metrics["export"] = _export_section(export)
@@ -154,14 +166,31 @@ def summary_table(metrics: dict[str, Any]) -> str:
     """A short table for the terminal (with the run's warnings after it)."""
     rows = [("task metrics", ", ".join(f"{k} {v:.4f}" for k, v in metrics["task_metrics"].items()
                                       if k != "sparsity"))]
+    teacher = metrics.get("dense_teacher")
+    if teacher:
+        shared = [k for k in metrics["task_metrics"] if k in teacher["task_metrics"]
+                  and k not in ("sparsity", "loss")]
+        if shared:
+            key = shared[0]
+            before, after = teacher["task_metrics"][key], metrics["task_metrics"][key]
+            scale = 1.0 if key in ("exact_match",) or before > 1.0 else 100.0
+            rows.append(("dense fine-tune", f"{key} {before:.4f} (teacher, {teacher['epochs']} "
+                                            f"epochs) -> {after:.4f} final: "
+                                            f"{(after - before) * scale:+.2f} points"))
     fid = metrics.get("export", {}).get("agreement_with_pytorch")
     if fid:
         rows.append(("export fidelity", f"{fid['metric']} {fid['onnxruntime']:.4f} (ONNX Runtime) "
                                         f"vs {fid['pytorch']:.4f} (PyTorch) on {fid['examples']} "
                                         "validation examples"))
     sp = metrics["sparsity"]
-    rows.append(("sparsity", f"{sp['overall']:.1%} of prunable weights (target "
-                             f"{sp['target']:.0%}, start {sp['start']:.1%})"))
+    if sp.get("pruned_layers") is not None:
+        policy = ", ".join(sp.get("policy") or [])
+        rows.append(("sparsity", f"{sp['pruned_layers']:.1%} of the pruned layers ({policy}; "
+                                 f"target {sp['target']:.0%}), {sp['all_prunable_weights']:.1%} "
+                                 f"of all prunable weights (start {sp['start']:.1%})"))
+    else:
+        rows.append(("sparsity", f"{sp['overall']:.1%} of prunable weights (target "
+                                 f"{sp['target']:.0%}, start {sp['start']:.1%})"))
     size = metrics["size"]
     rows.append(("ONNX size", f"{size['onnx_bytes'] / 1e6:.2f} MB, gzip "
                               f"{size['onnx_gzip_bytes'] / 1e6:.2f} MB (dense FP32 gzip "

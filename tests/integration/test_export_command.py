@@ -37,7 +37,7 @@ def failed_run(tmp_path_factory):
     model = torchvision.models.resnet18(num_classes=3)
     torch.save({"state_dict": model.state_dict(), "arch_key": "resnet18"}, root / "init.pth")
     plan = build_plan(resolve_use_case("image_classification"), 0.5, model=str(root / "init.pth"),
-                      recipe_args={"num_epochs": 2}, device="cpu",
+                      recipe_args={"num_epochs": 2}, device="cpu", teacher="disable",
                       train_kwargs={"image_size": 48, "batch_size": 8, "num_workers": 0})
     real = deployment.fidelity
 

@@ -106,7 +106,9 @@ def test_level_05_pruned_int8_and_readme_example(workspace, tmp_path):
     target = yaml.safe_load((run / "plan.yaml").read_text())["target_sparsity"]
     assert target == 0.78
     assert onnx_weight_sparsity(path)["overall"] >= target - 0.01
+    assert onnx_weight_sparsity(path)["overall"] <= target + 0.05  # quantized weights not dead
     assert metrics["sparsity"]["overall"] >= target - 0.01
+    assert metrics["sparsity"]["policy"] == ["__COMPUTE_LAYERS__"]
     assert integer_kernel_count(optimized_graph_op_counts(path)) >= 20
     assert metrics["recipe"] == "image_classification_gmp"
     from sparsify.recipe.parser import parse_recipe

@@ -319,3 +319,28 @@ def test_prepared_model_survives_pickle_deepcopy_and_state_dict_reload():
     fresh = prepare_qat_(TinyResNet())
     fresh.load_state_dict(model.state_dict())
     torch.testing.assert_close(fresh.eval()(x), expected)
+
+
+def test_observers_frozen_before_the_first_forward_still_calibrate_once():
+    # a recipe may freeze observers at the epoch QAT starts: the quantizers must still take
+    # their scales from the first batch, not keep the placeholder 1.0 (which zeroes weights)
+    from sparsify.quantization import (
+        QuantizationConfig, WeightFakeQuantizer, disable_observers_, prepare_qat_,
+    )
+
+    torch.manual_seed(0)
+    model = TinyResNet()
+    prepare_qat_(model, QuantizationConfig())
+    disable_observers_(model)
+    model.train()
+    x = torch.randn(4, 3, 8, 8)
+    model(x)
+    weights = [m for m in model.modules() if isinstance(m, WeightFakeQuantizer)]
+    assert weights and all(float(w.scale.max()) < 0.5 for w in weights)
+    scales = [w.scale.clone() for w in weights]
+    model(x * 3)  # frozen from then on
+    assert all(torch.equal(a, w.scale) for a, w in zip(scales, weights))
+    fresh = TinyResNet()
+    prepare_qat_(fresh, QuantizationConfig())
+    fresh.load_state_dict(model.state_dict())  # a loaded scale counts as computed
+    assert all(w.calibrated for w in fresh.modules() if isinstance(w, WeightFakeQuantizer))

@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from sparsify.errors import RecipeError
 from sparsify.recipe.args import parse_recipe_args
@@ -258,3 +259,16 @@ def test_recipe_args(text, expected):
 def test_bad_recipe_args(text):
     with pytest.raises(RecipeError):
         parse_recipe_args(text)
+
+
+def test_exponent_floats_without_a_dot_are_numbers():
+    # YAML 1.1 reads 8e-5 as a string; oBERT's recipes write learning rates that way
+    from sparsify.recipe.parser import parse_recipe
+
+    recipe = parse_recipe("version: 1.1.0\ninit_lr: 8e-5\nmodifiers:\n"
+                          "  - !LearningRateFunctionModifier\n      lr_func: linear\n"
+                          "      start_epoch: 0.0\n      end_epoch: 2.0\n"
+                          "      init_lr: eval(init_lr)\n      final_lr: 1E-6\n", None)
+    assert recipe.variables["init_lr"] == 8e-5
+    assert recipe.modifiers[0].build().final_lr == 1e-6
+    assert yaml.safe_load("x: 8e-5")["x"] == "8e-5"  # the global loader is untouched

@@ -79,9 +79,12 @@ def train_kwargs_command(use_case: str) -> None:
 @click.option("--recipe-args", default=None, metavar="ARGS",
               help="Override recipe variables before evaluation: a JSON object "
                    "('{\"num_epochs\": 2}') or k=v pairs (num_epochs=2,init_lr=1e-4).")
-@click.option("--teacher", default="disable", show_default=True, metavar="TEACHER",
-              help="Distillation teacher: a path, zoo: stub or Hugging Face id; 'self' for a "
-                   "frozen copy of the starting model; 'disable' to train without one.")
+@click.option("--teacher", default="auto", show_default=True, metavar="TEACHER",
+              help="Distillation teacher: 'auto' fine-tunes a dense copy of the starting model "
+                   "first (for recipes that prune gradually with distillation; the student "
+                   "starts from it); a path, zoo: stub or Hugging Face id of a model trained on "
+                   "these labels; 'self' for a frozen copy of the starting model; 'disable' to "
+                   "train without one.")
 @click.option("--working-dir", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Where the run folder sparse_transfer_<use_case>_<timestamp>/ is created.")
 @click.option("--train-kwargs", default=None, metavar="JSON",

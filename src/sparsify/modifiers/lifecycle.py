@@ -158,6 +158,18 @@ class ModifierLifecycle:
             self.modifiers[index].finalize(self.state)
         self._finalized = True
 
+    def pruning_policy(self) -> list[str]:
+        """The ``params`` selectors of the modifiers that hold masks (``__COMPUTE_LAYERS__``,
+        ``__ALL_PRUNABLE__``, regexes...), for the report."""
+        out: list[str] = []
+        for modifier in self.modifiers:
+            if hasattr(modifier, "masked_parameter_names"):
+                params = getattr(modifier, "params", None)
+                for item in params if isinstance(params, list) else [params]:
+                    if isinstance(item, str) and item not in out:
+                        out.append(item)
+        return out
+
     def masked_parameter_names(self) -> list[str]:
         names: list[str] = []
         for modifier in self.modifiers:

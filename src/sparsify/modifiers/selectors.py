@@ -1,4 +1,5 @@
-"""Parameter selectors: exact names, ``re:<regex>``, ``__ALL__``, ``__ALL_PRUNABLE__``."""
+"""Parameter selectors: exact names, ``re:<regex>``, ``__ALL__``, ``__ALL_PRUNABLE__``,
+``__COMPUTE_LAYERS__``."""
 
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ if TYPE_CHECKING:
 
 ALL = "__ALL__"
 ALL_PRUNABLE = "__ALL_PRUNABLE__"
+COMPUTE_LAYERS = "__COMPUTE_LAYERS__"
 PRUNABLE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding", "Conv1D")
+SELECTOR_KEYWORDS = (ALL, ALL_PRUNABLE, COMPUTE_LAYERS)
 
 
 def check_selector(field_name: str, value: Any) -> None:
     """Validate a selector's shape (pure): a string or a list of strings, regexes compile."""
     items = value if isinstance(value, list) else [value]
     if not items or not all(isinstance(i, str) and i for i in items):
-        raise ValueError(f"{field_name}: must be a name, 're:<regex>', {ALL}, {ALL_PRUNABLE} "
-                         f"or a list of those, got {value!r}")
+        raise ValueError(f"{field_name}: must be a name, 're:<regex>', {ALL}, {ALL_PRUNABLE}, "
+                         f"{COMPUTE_LAYERS} or a list of those, got {value!r}")
     for item in items:
         if item.startswith("re:"):
             try:
@@ -46,6 +49,45 @@ def prunable_parameter_names(model: torch.nn.Module) -> list[str]:
     return names
 
 
+def compute_layer_names(model: torch.nn.Module) -> list[str]:
+    """The weights worth pruning: where the compute is and pruning is tolerated.
+
+    Of :func:`prunable_parameter_names`, this leaves out what Neural Magic's own recipes left
+    dense: embeddings (lookup tables: no compute to save, and half a small transformer's
+    weights), the input convolution (few weights, every later layer depends on it), depthwise
+    convolutions (9 weights per channel: pruning them costs accuracy for no speed), and the
+    output layer (the last Linear of the model: the classifier or QA head). Linear layers count
+    only inside repeated blocks (a numbered module such as ``encoder.layer.3``), which leaves a
+    transformer's pooler and heads dense and keeps its Q/K/V, attention-output and FFN weights,
+    as oBERT prunes them.
+    """
+    from torch import nn
+
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    linears = [n for n, m in model.named_modules()
+               if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
+    last_linear = linears[-1] if linears else None
+    stem_seen = False
+    names = []
+    for module_name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter):
+            continue
+        full = f"{module_name}.weight" if module_name else "weight"
+        if isinstance(module, convs):
+            if not stem_seen:
+                stem_seen = True  # the input convolution
+                continue
+            if module.groups > 1 and module.groups == module.in_channels:
+                continue  # depthwise
+            names.append(full)
+        elif isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+            in_block = any(part.isdigit() for part in module_name.split("."))
+            if module_name != last_linear and in_block:
+                names.append(full)
+    return names
+
+
 def select_parameters(model: torch.nn.Module, selector: Any, field_name: str = "params",
                       candidates: list[str] | None = None) -> dict[str, torch.nn.Parameter]:
     """Parameters of ``model`` matched by ``selector``, by name, in model order.
@@ -62,6 +104,8 @@ def select_parameters(model: torch.nn.Module, selector: Any, field_name: str = "
             matched = list(params)
         elif item == ALL_PRUNABLE:
             matched = prunable_parameter_names(model)
+        elif item == COMPUTE_LAYERS:
+            matched = compute_layer_names(model)
         elif item.startswith("re:"):
             pattern = re.compile(item[3:])
             matched = [n for n in names if pattern.match(n)]

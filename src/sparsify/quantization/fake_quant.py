@@ -11,6 +11,8 @@ the constant weight quantization into int8 / int32 initializers.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -91,8 +93,9 @@ class FakeQuantizer(nn.Module):
 
     A moving-average min/max observer (range always widened to include 0, so zero and ReLU
     padding are exact) updates ``scale``/``zero_point`` in training mode while
-    ``observer_enabled``. The first observation initialises the range even in eval mode, so an
-    un-calibrated quantizer never exports a meaningless scale. Outside training the buffers are
+    ``observer_enabled``. The first observation initialises the range even in eval mode or with
+    the observer off, so an un-calibrated quantizer never computes or exports a meaningless
+    scale. Outside training the buffers are
     used as they are, so evaluation and export see the scales training ended with.
 
     Attributes:
@@ -147,11 +150,12 @@ class FakeQuantizer(nn.Module):
         return _fake_quant(x, self.scale, self.zero_point, self.qmin, self.qmax)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            bool(self.observer_enabled)
-            and (self.training or not bool(self.initialized))
-            and not _is_exporting()
-        ):
+        # Observe while training with the observer on, and always once: a quantizer whose
+        # observer was frozen before it saw any data (a recipe that freezes observers when QAT
+        # starts) would otherwise keep its placeholder scale of 1.0.
+        initialized = bool(self.initialized)
+        if (not initialized or (bool(self.observer_enabled) and self.training)) \
+                and not _is_exporting():
             self.observe(x)
         return tag(self.fake_quant(x), self)
 
@@ -179,6 +183,13 @@ class WeightFakeQuantizer(nn.Module):
         self.register_buffer("scale", torch.ones(shape))
         self.register_buffer("zero_point", torch.zeros(shape, dtype=torch.int32))
         self.register_buffer("observer_enabled", torch.tensor(True))
+        # Whether ``scale`` holds a computed value (not a buffer: checkpoints stay as they
+        # were; a loaded scale counts as computed).
+        self.calibrated = False
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.calibrated = True
 
     def extra_repr(self) -> str:
         kind = "per-tensor" if self.axis is None else "per-channel"
@@ -206,11 +217,14 @@ class WeightFakeQuantizer(nn.Module):
         Returns:
             The fake-quantized weight and the scale used.
         """
-        if bool(self.observer_enabled):
+        # computed from the weight while the observer is on, and once when it was frozen before
+        # the first forward (the placeholder scale 1.0 would round every weight to zero)
+        if bool(self.observer_enabled) or not self.calibrated:
             scale = self.compute_scale(weight)
             if not _is_exporting():
                 with torch.no_grad():
                     self.scale.copy_(scale)
+                self.calibrated = True
         else:
             scale = self.scale
         if min_scale is not None:

@@ -7,6 +7,7 @@ raised together in one ``RecipeError``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -43,6 +44,11 @@ def _construct_tagged(loader: _Loader, suffix: str, node: yaml.Node) -> Tagged:
 
 
 _Loader.add_multi_constructor("!", _construct_tagged)
+# YAML 1.1 reads ``8e-5`` (no dot) as a string; SparseML's recipes (oBERT's ``init_lr: 8e-5``)
+# mean the number, as YAML 1.2 does.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 class _Dumper(yaml.SafeDumper):

@@ -16,5 +16,14 @@ def preview_recipe(plan: Plan) -> dict[str, Any]:
     Raises:
         RecipeError: the recipe cannot be read or has problems (all listed).
     """
+    from sparsify.recipe.teacher import teacher_recipe
+
     recipe = load_recipe(plan.recipe, plan.recipe_args)
-    return {"recipe_as_applied": recipe.summary()}
+    out: dict[str, Any] = {"recipe_as_applied": recipe.summary()}
+    if plan.teacher == "auto":
+        phase = teacher_recipe(recipe)
+        out["dense_teacher"] = (
+            {"epochs": phase.max_epochs, "then": "the student starts from it and distils from it"}
+            if phase is not None else
+            "none: the recipe does not prune gradually with distillation")
+    return out

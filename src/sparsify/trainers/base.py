@@ -35,6 +35,9 @@ class TrainResult:
     epochs: int
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    #: the weights the recipe's pruning modifiers held masks for, and their selectors
+    pruned: list[str] = field(default_factory=list)
+    pruning_policy: list[str] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
         """Written beside the checkpoints, so ``sparsify.run export`` can report it again."""
@@ -150,8 +153,10 @@ class Task(Protocol):
     def load_teacher(self, choice: ModelChoice) -> nn.Module:
         """A distillation teacher, loaded like ``--model`` for this run's labels."""
 
-    def train(self, recipe: Recipe, teacher: nn.Module | None) -> TrainResult:
-        """Fine-tune ``model`` under the recipe's lifecycle; checkpoints in the run folder."""
+    def train(self, recipe: Recipe, teacher: nn.Module | None, phase: str = "main"
+              ) -> TrainResult:
+        """Fine-tune ``model`` under the recipe's lifecycle; checkpoints in the run folder
+        (``phase`` ``teacher``: in ``training_artifacts/teacher/``)."""
 
     def restore(self, recipe: Recipe, artifacts: Path, checkpoint: Path | None = None
                 ) -> dict[str, Any]:

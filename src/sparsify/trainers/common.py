@@ -22,6 +22,17 @@ def seed_everything(seed: int) -> None:
     set_seed(seed % 2**32)  # NumPy takes 32-bit seeds
 
 
+def phase_dirs(run_dir: Path, phase: str) -> tuple[Path, Path]:
+    """``(checkpoint folder, TensorBoard folder)`` of a training phase: the run's own for the
+    main training, ``teacher/`` subfolders for the dense teacher's fine-tune."""
+    artifacts, logs = run_dir / "training_artifacts", run_dir / "logs"
+    if phase != "main":
+        artifacts, logs = artifacts / phase, logs / phase
+    artifacts.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    return artifacts, logs
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA if available, else MPS, else CPU; explicit devices are checked.
 
@@ -54,13 +65,14 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def prunable_sparsity(model: nn.Module) -> dict[str, Any]:
-    """Exact zeros in the prunable weights: overall and per layer."""
+def prunable_sparsity(model: nn.Module, names: list[str] | None = None) -> dict[str, Any]:
+    """Exact zeros in the prunable weights (or in ``names``, e.g. the weights a recipe
+    pruned): overall and per layer."""
     from sparsify.modifiers.selectors import prunable_parameter_names
 
     params = dict(model.named_parameters())
     per_layer, zeros, total = {}, 0, 0
-    for name in prunable_parameter_names(model):
+    for name in names or prunable_parameter_names(model):
         w = params[name].detach()
         z = int((w == 0).sum())
         per_layer[name] = round(z / w.numel(), 4)

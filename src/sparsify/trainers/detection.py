@@ -32,11 +32,14 @@ from torch import nn
 from sparsify.errors import DataError, ModelNotFoundError, TrainingError
 from sparsify.families import settings_for
 from sparsify.plan import Plan
-from sparsify.trainers.base import ExportResult, TrainResult
 from sparsify.quantization import QATSiLU  # noqa: F401 - old checkpoints pickled it here
+from sparsify.trainers.base import ExportResult, TrainResult
 from sparsify.trainers.common import prunable_sparsity, resolve_device, seed_everything
 from sparsify.trainers.yolo_models import (
-    freeze_dfl_, load_yolo_model, mask_like_, quantize_conv_activations_,
+    freeze_dfl_,
+    load_yolo_model,
+    mask_like_,
+    quantize_conv_activations_,
 )
 
 logger = logging.getLogger(__name__)
@@ -99,7 +102,11 @@ class DetectionTask:
     head_replaced = False  # Ultralytics builds the head for the data's classes
 
     def __init__(self, plan: Plan, data: str, run_dir: Path) -> None:
-        from sparsify.data.yolo import is_named_dataset, stage_dataset, validate_yolo_dataset
+        from sparsify.data.yolo import (
+            is_named_dataset,
+            stage_dataset,
+            validate_yolo_dataset,
+        )
 
         self.plan, self.run_dir = plan, run_dir
         self.task = TASK_OF_FAMILY[plan.use_case.family]
@@ -193,7 +200,10 @@ class DetectionTask:
     def load_teacher(self, choice: Any) -> nn.Module:
         return load_yolo_model(choice, self.task, len(self.class_names)).model
 
-    def train(self, recipe: Any, teacher: nn.Module | None = None) -> TrainResult:
+    def train(self, recipe: Any, teacher: nn.Module | None = None, phase: str = "main"
+              ) -> TrainResult:
+        """Train under the recipe (YOLO has one phase: no teacher of its own, see
+        ``Family.distills``)."""
         from sparsify.modifiers.lifecycle import ModifierLifecycle
 
         if teacher is not None:
@@ -249,7 +259,8 @@ class DetectionTask:
         seconds = time.monotonic() - started
 
         metrics = self.evaluate(self.model)
-        metrics["sparsity"] = prunable_sparsity(self.model)["overall"]
+        metrics["sparsity"] = prunable_sparsity(
+            self.model, lifecycle.masked_parameter_names() or None)["overall"]
         history = self._history()
         best_epoch = int(getattr(trainer.stopper, "best_epoch", epochs - 1)) + 1
         best = next((dict(h) for h in history if h.get("epoch") == best_epoch), dict(metrics))
@@ -260,7 +271,8 @@ class DetectionTask:
             "model": copy.deepcopy(self.model), "names": self.class_names, "task": self.task,
             "image_size": self.image_size, "qat": self.qat, "recipe": recipe.to_yaml(),
             "metrics": metrics})
-        return TrainResult(metrics, best, best_epoch, epochs, history, seconds)
+        return TrainResult(metrics, best, best_epoch, epochs, history, seconds,
+                           lifecycle.masked_parameter_names(), lifecycle.pruning_policy())
 
     def _qat_started(self, trainer: Any) -> None:
         """QAT just began: quantize the SiLUs, switch AMP and the EMA off."""

@@ -24,7 +24,12 @@ from sparsify.families import settings_for
 from sparsify.plan import Plan
 from sparsify.trainers.base import ExportResult, TrainResult
 from sparsify.trainers.common import (
-    build_optimizer, check_replicas_agree, prunable_sparsity, resolve_device, save_checkpoint,
+    build_optimizer,
+    check_replicas_agree,
+    phase_dirs,
+    prunable_sparsity,
+    resolve_device,
+    save_checkpoint,
     seed_everything,
 )
 
@@ -89,7 +94,10 @@ class ImageClassificationTask:
         return loaded.model
 
     # --- training ----------------------------------------------------------------------------
-    def train(self, recipe: Any, teacher: nn.Module | None = None) -> TrainResult:
+    def train(self, recipe: Any, teacher: nn.Module | None = None, phase: str = "main"
+              ) -> TrainResult:
+        """Train ``model`` under the recipe; ``phase`` ``teacher`` keeps its checkpoints and
+        logs in ``teacher/`` subfolders (the dense teacher of ``--teacher auto``)."""
         from accelerate import Accelerator
         from torch.utils.data import DataLoader
         from torch.utils.tensorboard import SummaryWriter
@@ -135,9 +143,8 @@ class ImageClassificationTask:
         amp_dtype = (torch.bfloat16 if accelerator.device.type == "cuda"
                      and torch.cuda.is_bf16_supported() else None)
 
-        artifacts = self.run_dir / "training_artifacts"
-        artifacts.mkdir(exist_ok=True)
-        writer = SummaryWriter(str(self.run_dir / "logs")) if accelerator.is_main_process else None
+        artifacts, logs = phase_dirs(self.run_dir, phase)
+        writer = SummaryWriter(str(logs)) if accelerator.is_main_process else None
         metric_name = plan.eval_metric
         best: dict[str, float] = {}
         best_epoch, history = -1, []
@@ -183,7 +190,9 @@ class ImageClassificationTask:
             lifecycle.epoch_end()
             metrics = self.evaluate(model, val_loader, accelerator)
             metrics["train_loss"] = running / max(seen, 1)
-            metrics["sparsity"] = prunable_sparsity(accelerator.unwrap_model(model))["overall"]
+            metrics["sparsity"] = prunable_sparsity(
+                accelerator.unwrap_model(model), lifecycle.masked_parameter_names() or None
+            )["overall"]
             history.append({"epoch": epoch + 1, **metrics})
             logger.info("epoch %d/%d: %s", epoch + 1, epochs,
                         ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
@@ -211,8 +220,10 @@ class ImageClassificationTask:
         final = self.evaluate(self.model, _loader(self.val_ds, batch_size), None)
         logger.info("Final model on the %d validation images: %s", self.last_eval_count,
                     ", ".join(f"{k}={v:.4f}" for k, v in final.items()))
-        final["sparsity"] = prunable_sparsity(self.model)["overall"]
-        return TrainResult(final, best, best_epoch, epochs, history, time.monotonic() - started)
+        final["sparsity"] = prunable_sparsity(
+            self.model, lifecycle.masked_parameter_names() or None)["overall"]
+        return TrainResult(final, best, best_epoch, epochs, history, time.monotonic() - started,
+                           lifecycle.masked_parameter_names(), lifecycle.pruning_policy())
 
     def _checkpoint(self, model: nn.Module, recipe: Any, epoch: int, metrics: dict[str, float],
                     lifecycle: Any) -> dict[str, Any]:

@@ -28,13 +28,23 @@ from transformers import Trainer, TrainerCallback
 from sparsify.errors import ModelNotFoundError, TrainingError, UsageError
 from sparsify.families import settings_for
 from sparsify.plan import Plan
-from sparsify.trainers.common import (
-    check_replicas_agree, prunable_sparsity, resolve_device, seed_everything,
-)
 from sparsify.trainers.base import ExportResult, TrainResult
+from sparsify.trainers.common import (
+    check_replicas_agree,
+    phase_dirs,
+    prunable_sparsity,
+    resolve_device,
+    seed_everything,
+)
 from sparsify.trainers.nlp_models import (
-    DEFAULT_MAX_SEQ_LENGTH, TASKS, FeatureDataset, _max_positions, check_same_vocabulary,
-    load_nlp_model, tokenize_question_answering, tokenize_text_classification,
+    DEFAULT_MAX_SEQ_LENGTH,
+    TASKS,
+    FeatureDataset,
+    _max_positions,
+    check_same_vocabulary,
+    load_nlp_model,
+    tokenize_question_answering,
+    tokenize_text_classification,
     tokenize_token_classification,
 )
 
@@ -147,7 +157,10 @@ class NLPTask:
         padded with -100), keeping only model inputs and labels."""
         collator = getattr(self, "_collator", None)
         if collator is None:
-            from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
+            from transformers import (
+                DataCollatorForTokenClassification,
+                DataCollatorWithPadding,
+            )
 
             # right padding always: labels, answer positions and output slices index from the
             # left (a copy, so the tokenizer saved with the deployment keeps its own setting)
@@ -161,7 +174,10 @@ class NLPTask:
         return {k: v for k, v in batch.items() if k in keys}
 
     # --- training ----------------------------------------------------------------------------
-    def train(self, recipe: Any, teacher: nn.Module | None = None) -> TrainResult:
+    def train(self, recipe: Any, teacher: nn.Module | None = None, phase: str = "main"
+              ) -> TrainResult:
+        """Train ``model`` under the recipe; ``phase`` ``teacher`` keeps its checkpoints and
+        logs in ``teacher/`` subfolders (the dense teacher of ``--teacher auto``)."""
         from transformers import TrainingArguments
 
         from sparsify.modifiers.lifecycle import ModifierLifecycle
@@ -170,8 +186,7 @@ class NLPTask:
         device = resolve_device(plan.device)
         lifecycle = ModifierLifecycle(recipe, self.model, teacher)
         epochs = lifecycle.max_epochs
-        artifacts = self.run_dir / "training_artifacts"
-        artifacts.mkdir(exist_ok=True)
+        artifacts, logs = phase_dirs(self.run_dir, phase)
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         args = TrainingArguments(
             output_dir=str(artifacts / "hf_trainer"),
@@ -197,7 +212,7 @@ class NLPTask:
         )
         keys = (*self.input_names, *self.label_keys)
         callback = _LifecycleCallback(self, lifecycle, recipe, artifacts)
-        with _tensorboard_dir(self.run_dir / "logs"):
+        with _tensorboard_dir(logs):
             trainer = _LifecycleTrainer(
                 lifecycle=lifecycle, keep_lr=lifecycle.controls_lr, label_keys=self.label_keys,
                 bf16=bf16,
@@ -215,9 +230,11 @@ class NLPTask:
         self.model = trainer.model.cpu().eval()
         self.qat = lifecycle.qat_active
         final = self.evaluate(self.model)
-        final["sparsity"] = prunable_sparsity(self.model)["overall"]
+        final["sparsity"] = prunable_sparsity(
+            self.model, lifecycle.masked_parameter_names() or None)["overall"]
         return TrainResult(final, callback.best, callback.best_epoch, epochs, callback.history,
-                           time.monotonic() - started)
+                           time.monotonic() - started, lifecycle.masked_parameter_names(),
+                           lifecycle.pruning_policy())
 
     # --- evaluation --------------------------------------------------------------------------
     @property
@@ -264,7 +281,10 @@ class NLPTask:
     def metrics_from_outputs(self, outputs: list[np.ndarray]) -> dict[str, float]:
         """The task metrics from per-feature outputs (PyTorch's or ONNX Runtime's)."""
         from sparsify.trainers.nlp_metrics import (
-            best_answers, classification_metrics, entity_metrics, squad_metrics,
+            best_answers,
+            classification_metrics,
+            entity_metrics,
+            squad_metrics,
         )
 
         if self.family == "text_classification":
@@ -401,7 +421,8 @@ class _LifecycleCallback(TrainerCallback):
         self.lifecycle.epoch_end()
         model = kw["model"]
         metrics = self.task.evaluate(model)
-        metrics["sparsity"] = prunable_sparsity(model)["overall"]
+        metrics["sparsity"] = prunable_sparsity(
+            model, self.lifecycle.masked_parameter_names() or None)["overall"]
         epoch = len(self.history) + 1
         self.history.append({"epoch": epoch, **metrics})
         logger.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsify.errors import ModelNotFoundError, MissingExtraError, UsageError
+from sparsify.errors import MissingExtraError, ModelNotFoundError, UsageError
 from sparsify.plan import ModelChoice
 
 logger = logging.getLogger(__name__)
