@@ -281,18 +281,37 @@ def train_teacher(plan: Plan, task: Task, recipe: Recipe
     click.echo(f"Dense teacher: fine-tuning a copy of the starting model for "
                f"{phase.max_epochs:g} epochs (--teacher auto; --teacher disable skips it).")
     student_start = task.model
+    metric = plan.eval_metric
+    before = task.validate(student_start)
     task.model = copy.deepcopy(student_start)
     dense = task.train(phase, None, phase="teacher")
     teacher = task.model.eval()
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
+    after = dense.metrics
+    logger.info("Dense teacher: %s after %d epochs (%.0f s); the starting model had %s %.4f.",
+                ", ".join(f"{k}={v:.4f}" for k, v in after.items()), dense.epochs, dense.seconds,
+                metric, before.get(metric, float("nan")))
+    if metric in before and metric in after and not _better(after[metric], before[metric],
+                                                             metric):
+        # a teacher that learned nothing teaches noise (with hardness 1 the labels are not
+        # seen at all): train as --teacher disable would, from the starting model
+        logger.warning("The dense teacher's %s (%.4f after %d epochs) is no better than the "
+                       "starting model's (%.4f): it is not used; the student trains from the "
+                       "starting model without distillation. More epochs (--recipe-args "
+                       "teacher_epochs=N) or a better learning rate give a useful teacher.",
+                       metric, after[metric], dense.epochs, before[metric])
+        task.model = student_start
+        dense.used = False
+        return None, dense
     task.model = copy.deepcopy(teacher).train()  # the student starts from the fine-tuned weights
     for parameter in task.model.parameters():
         parameter.requires_grad_(True)
-    logger.info("Dense teacher: %s after %d epochs (%.0f s).",
-                ", ".join(f"{k}={v:.4f}" for k, v in dense.metrics.items()), dense.epochs,
-                dense.seconds)
     return teacher, dense
+
+
+def _better(new: float, old: float, metric: str) -> bool:
+    return new < old if metric == "loss" else new > old
 
 
 def export_and_report(plan: Plan, task: Task, train: TrainResult, run_dir: Path,

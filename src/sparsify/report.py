@@ -105,7 +105,8 @@ def _base_report(plan: Plan, task: Task, train: TrainResult, dense: TrainResult 
     }
     if dense is not None:  # the accuracy cost, measured inside the run
         out["dense_teacher"] = {"task_metrics": _rounded(dense.metrics), "epochs": dense.epochs,
-                                "train_seconds": round(dense.seconds, 1)}
+                                "train_seconds": round(dense.seconds, 1),
+                                "distilled_from": dense.used}
         out["train_seconds_total"] = round(train.seconds + dense.seconds, 1)
     return out
 

@@ -38,6 +38,8 @@ class TrainResult:
     #: the weights the recipe's pruning modifiers held masks for, and their selectors
     pruned: list[str] = field(default_factory=list)
     pruning_policy: list[str] = field(default_factory=list)
+    #: for a dense teacher's fine-tune: whether the student distilled from it
+    used: bool = True
 
     def save(self, path: Path) -> None:
         """Written beside the checkpoints, so ``sparsify.run export`` can report it again."""
@@ -157,6 +159,9 @@ class Task(Protocol):
               ) -> TrainResult:
         """Fine-tune ``model`` under the recipe's lifecycle; checkpoints in the run folder
         (``phase`` ``teacher``: in ``training_artifacts/teacher/``)."""
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """The task metrics of ``model`` on the whole validation set."""
 
     def restore(self, recipe: Recipe, artifacts: Path, checkpoint: Path | None = None
                 ) -> dict[str, Any]:

@@ -297,6 +297,9 @@ class DetectionTask:
             out.append(entry)
         return out
 
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        return self.evaluate(model)
+
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """mAP50 / mAP50-95 (box, and mask for segmentation), precision and recall on the
         validation images, with Ultralytics' validator."""

@@ -245,6 +245,11 @@ class ImageClassificationTask:
                                       _started(payload, recipe), path)
         return payload
 
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """The task metrics of ``model`` on the whole validation set."""
+        return self.evaluate(model, _loader(self.val_ds, self.settings.eval_batch_size
+                                            or self.settings.batch_size), None)
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Any, accelerator: Any) -> dict[str, float]:
         was_training = model.training

@@ -309,6 +309,8 @@ class NLPTask:
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         return self.metrics_from_outputs(self.predict(model))
 
+    validate = evaluate
+
     # --- export ------------------------------------------------------------------------------
     def sample_inputs(self, batch: int, length: int | None = None) -> dict[str, np.ndarray]:
         """``batch`` copies of the first validation feature, padded to ``length``."""
