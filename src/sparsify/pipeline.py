@@ -136,6 +136,9 @@ def sparse_transfer(plan: Plan, data: str, working_dir: Path) -> Path:
         UsageError: a distributed launch of a use case whose trainer runs its own (YOLO).
     """
     build_task = load_task_builder(plan)
+    from sparsify.trainers.common import resolve_device
+
+    resolve_device(plan.device)  # an unavailable --device is refused before any folder exists
     rank, world = launch_rank()
     if world > 1:
         if "ultralytics" in FAMILIES[plan.use_case.family].modules:
@@ -174,8 +177,23 @@ Prepared = tuple[Task, Plan, "Recipe", "nn.Module | None"]
 def _prepare(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder) -> Prepared:
     task = build_task(plan, data, run_dir)                                   # data
     task.load_model()                                                        # model
+    _check_finite(task.model, plan.model.spec)
     plan, recipe = resolve_recipe(plan, task.start_sparsity)                 # recipe
     return task, plan, recipe, resolve_teacher(plan, task)
+
+
+def _check_finite(model: nn.Module, spec: str) -> None:
+    """A starting model with NaN or infinite weights cannot be trained: say which."""
+    import torch
+
+    from sparsify.errors import ModelNotFoundError
+
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ModelNotFoundError(
+                f"The model '{spec}' has {bad} NaN or infinite value(s) in '{name}': it cannot "
+                "be fine-tuned.", hint="Pass a checkpoint saved from a healthy training run.")
 
 
 def _prepare_together(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder,
@@ -244,7 +262,12 @@ def _stages(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder, main:
         teacher, dense = train_teacher(plan, task, recipe)                   # dense teacher
         if main and dense is not None:
             dense.save(run_dir / "training_artifacts" / "teacher" / TRAIN_RESULT)
-    train = task.train(recipe, teacher)                                      # train
+    try:
+        train = task.train(recipe, teacher)                                  # train
+    except SparsifyError as error:
+        if main:
+            _record_training_failure(plan, run_dir, error)
+        raise
     if not main:
         return run_dir
     train.save(run_dir / "training_artifacts" / TRAIN_RESULT)
@@ -308,6 +331,19 @@ def train_teacher(plan: Plan, task: Task, recipe: Recipe
     for parameter in task.model.parameters():
         parameter.requires_grad_(True)
     return teacher, dense
+
+
+def _record_training_failure(plan: Plan, run_dir: Path, error: SparsifyError) -> None:
+    """A training that failed keeps its folder (checkpoints of the finished epochs, logs) and
+    says so in ``metrics.yaml``."""
+    from sparsify.report import write_metrics
+
+    write_metrics(run_dir / "metrics.yaml", {
+        "status": "failed", "failure": {"stage": "train", "error": type(error).__name__,
+                                        "message": error.message},
+        "use_case": plan.use_case.id, "optim_level": plan.optim_level, "recipe": plan.recipe})
+    error.hint = (f"{error.hint + ' ' if error.hint else ''}The run folder keeps the logs and "
+                  f"the checkpoints of the finished epochs: {run_dir}")
 
 
 def _better(new: float, old: float, metric: str) -> bool:

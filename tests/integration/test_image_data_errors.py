@@ -66,3 +66,44 @@ def test_teacher_that_cannot_load_leaves_no_run_folder(tmp_path):
     assert result.exit_code == 1, result.output
     assert "missing_teacher.pth" in result.output and "Traceback" not in result.output
     assert not list((tmp_path / "w").iterdir())  # the run folder made for it is gone
+
+
+def _tiny_model(tmp_path, classes):
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path / "init.pth"
+    torch.save({"state_dict": torchvision.models.resnet18(num_classes=classes).state_dict(),
+                "arch_key": "resnet18"}, path)
+    return path
+
+
+def _train(data, tmp_path, model, *extra):
+    return CliRunner().invoke(cli, [
+        "sparse-transfer", "--use-case", "ic", "--data", str(data), "--model", str(model),
+        "--optim-level", "0", "--recipe-args", '{"num_epochs": 1}', "--device", "cpu",
+        "--train-kwargs", '{"image_size": 32, "batch_size": 4, "num_workers": 1}',
+        "--working-dir", str(tmp_path / "w"), *extra])
+
+
+def test_a_last_batch_of_one_image_trains(tmp_path):
+    # 5 training images, batch 4: BatchNorm in training mode cannot take the lone fifth
+    data = _layout(tmp_path, ["d/train/a/1.png", "d/train/a/2.png", "d/train/a/3.png",
+                              "d/train/b/1.png", "d/train/b/2.png",
+                              "d/val/a/1.png", "d/val/b/1.png"])
+    result = _train(data, tmp_path, _tiny_model(tmp_path, 2))
+    assert result.exit_code == 0, result.output
+
+
+def test_an_image_that_opens_but_cannot_be_decoded_is_named(tmp_path):
+    data = _layout(tmp_path, ["d/train/a/1.png", "d/train/a/2.png", "d/train/b/1.png",
+                              "d/val/a/1.png", "d/val/b/1.png"])
+    broken = data / "train" / "b" / "2.jpg"
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(broken, quality=95)
+    raw = broken.read_bytes()
+    broken.write_bytes(raw[: int(len(raw) * 0.95)])  # Image.verify passes, decoding fails
+    result = _train(data, tmp_path, _tiny_model(tmp_path, 2))
+    assert result.exit_code == 1, result.output
+    assert "2.jpg" in result.output and "Traceback" not in result.output
+    assert "Original" not in result.output and result.output.count("Error:") == 1

@@ -74,3 +74,39 @@ def test_unwritable_working_dir_is_a_usage_error_not_a_crash(tmp_path):
     assert result.exit_code == 2, result.output
     assert "Cannot create the run folder under --working-dir" in result.output
     assert "unexpected failure" not in result.output and "Traceback" not in result.output
+
+
+def test_an_unavailable_device_is_refused_before_any_folder(tmp_path):
+    import torch
+
+    if torch.cuda.device_count() > 1:
+        import pytest
+
+        pytest.skip("this machine has a second CUDA device")
+    result = CliRunner().invoke(cli, ["sparse-transfer", "--use-case", "ic", "--data", "x",
+                                      "--device", "cuda:1", "--working-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "--device cuda:1" in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_and_leaves_no_folder(tmp_path):
+    import torch
+    import torchvision
+
+    from sparsify.data.synthetic import make_synthetic_image_folder
+
+    make_synthetic_image_folder(tmp_path / "data", classes=("a", "b"), per_class=4, size=32,
+                                split=True, seed=0, val_per_class=2)
+    model = torchvision.models.resnet18(num_classes=2)
+    with torch.no_grad():
+        model.layer2[0].conv1.weight[0, 0, 0, 0] = float("nan")
+    torch.save({"state_dict": model.state_dict(), "arch_key": "resnet18"}, tmp_path / "nan.pth")
+    work = tmp_path / "work"
+    result = CliRunner().invoke(cli, [
+        "sparse-transfer", "--use-case", "ic", "--data", str(tmp_path / "data"),
+        "--model", str(tmp_path / "nan.pth"), "--device", "cpu", "--working-dir", str(work),
+        "--train-kwargs", '{"image_size": 32, "num_workers": 0}'])
+    assert result.exit_code == 1, result.output
+    assert "NaN or infinite" in result.output and "layer2.0.conv1.weight" in result.output
+    assert not work.exists() or not list(work.iterdir())

@@ -272,3 +272,26 @@ def test_exponent_floats_without_a_dot_are_numbers():
     assert recipe.variables["init_lr"] == 8e-5
     assert recipe.modifiers[0].build().final_lr == 1e-6
     assert yaml.safe_load("x: 8e-5")["x"] == "8e-5"  # the global loader is untouched
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "this one is empty"),
+    ("- 1\n- 2\n", "this one is list"),
+    ("num_epochs: 10\ninit_lr: 0.1\n", "no modifiers"),
+    ("a: &a [1, 2]\nb: &b [*a, *a]\nc: &c [*b, *b]\nmodifiers: []\n", "aliases"),
+    ("a: &a [*a]\n", "aliases"),
+])
+def test_texts_that_are_not_recipes_are_refused(text, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(text, None)
+
+
+def test_billion_laughs_is_refused_at_once():
+    import time
+
+    levels = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    start = time.perf_counter()
+    with pytest.raises(RecipeError, match="aliases"):
+        parse_recipe("\n".join(levels) + "\nmodifiers: []\n", None)
+    assert time.perf_counter() - start < 2.0

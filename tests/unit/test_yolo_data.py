@@ -189,3 +189,15 @@ def test_stage_dataset_writes_only_into_run_folder(tmp_path, det):
     split = json.loads((run / "data_split.json").read_text())
     assert len(split["train"]) == 4 and split["split"] == "given"
     assert sorted(p.relative_to(det) for p in det.rglob("*")) == before
+
+
+@pytest.mark.parametrize("nc, message", [("three", "whole number"), ("2.5", "whole number"),
+                                         ("true", "whole number"), ("4", "nc is 4")])
+def test_bad_nc_is_a_data_error_naming_the_file(tmp_path, nc, message):
+    path = make_synthetic_yolo_dataset(tmp_path / "y", train_images=2, val_images=1,
+                                       layout="yaml", size=32)
+    text = path.read_text()
+    path.write_text(text + f"nc: {nc}\n")
+    with pytest.raises(DataError, match=message) as info:
+        validate_yolo_dataset(path, "detect")
+    assert str(path) in info.value.message

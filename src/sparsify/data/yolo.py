@@ -219,8 +219,13 @@ def _from_yaml(path: Path) -> tuple[list[str], list[Path], list[Path], list[Path
     if missing:
         raise DataError(f"Dataset YAML {path} lacks {', '.join(missing)}.", hint=_LAYOUT_HINT)
     names = _read_names(data["names"], path)
-    if "nc" in data and int(data["nc"]) != len(names):
-        raise DataError(f"{path}: nc is {data['nc']} but 'names' lists {len(names)} classes.")
+    if "nc" in data:
+        nc = data["nc"]
+        if isinstance(nc, bool) or not isinstance(nc, int):
+            raise DataError(f"{path}: nc must be a whole number of classes, got {nc!r}.",
+                            hint=f"Write nc: {len(names)} (the number of names) or leave it out.")
+        if nc != len(names):
+            raise DataError(f"{path}: nc is {nc} but 'names' lists {len(names)} classes.")
     base = Path(str(data.get("path") or path.parent)).expanduser()
     if not base.is_absolute():
         base = (path.parent / base).resolve()

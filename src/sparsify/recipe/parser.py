@@ -31,7 +31,18 @@ class Tagged:
 
 
 class _Loader(yaml.SafeLoader):
-    """Safe loader that reads ``!Name`` mappings into ``Tagged`` (nothing else is constructed)."""
+    """Safe loader that reads ``!Name`` mappings into ``Tagged`` (nothing else is constructed).
+
+    YAML aliases (``*name``) are refused: recipes do not need them, and an alias that nests
+    others grows exponentially ("billion laughs") or refers to itself (a cycle)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML aliases (*{event.anchor}) are not allowed in a recipe; "
+                "write the values out", event.start_mark)
+        return super().compose_node(parent, index)
 
 
 def _construct_tagged(loader: _Loader, suffix: str, node: yaml.Node) -> Tagged:
@@ -339,10 +350,9 @@ def parse_recipe(text: str, recipe_args: dict[str, Any] | None = None,
         doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise RecipeError([f"YAML syntax error: {exc}"], source) from None
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, dict):
-        raise RecipeError(["a recipe is a YAML mapping of variables and '*modifiers' lists"],
+    if doc is None or not isinstance(doc, dict):
+        raise RecipeError(["a recipe is a YAML mapping of variables and '*modifiers' lists "
+                           f"(this one is {'empty' if doc is None else type(doc).__name__})"],
                           source)
     problems: list[str] = []
     overrides = dict(recipe_args or {})
@@ -413,6 +423,10 @@ def parse_recipe(text: str, recipe_args: dict[str, Any] | None = None,
         modifiers.extend(specs)
         offset += stage_end
 
+    if not modifiers and not problems:
+        problems.append("no modifiers: a recipe lists them under keys ending in 'modifiers' "
+                        "(e.g. 'training_modifiers: [!EpochRangeModifier {end_epoch: 10}]'); "
+                        "without one nothing would be trained")
     if problems:
         raise RecipeError(problems, source)
     return Recipe(variables=variables, modifiers=modifiers, stages=[s for s, _ in stages],

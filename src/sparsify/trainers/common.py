@@ -48,6 +48,9 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available on this machine. "
                          "Use --device cpu or auto.")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s), numbered from 0.", hint="Use --device cuda:0 or auto.")
     if name == "mps" and not (getattr(torch.backends, "mps", None)
                               and torch.backends.mps.is_available()):
         raise UsageError("--device mps: MPS is not available on this machine.")
@@ -157,3 +160,19 @@ def restore_checkpoint(model: nn.Module, recipe: Any, state_dict: dict[str, Any]
     lifecycle.finalize_restored()
     model.eval()
     return lifecycle.qat_active
+
+
+def batches(loader: Any) -> Any:
+    """Iterate a DataLoader; a ``DataError`` raised in a worker process (an image that cannot be
+    decoded) comes back as that one message, not as the worker's traceback text."""
+    from sparsify.errors import DataError
+
+    try:
+        yield from loader
+    except DataError as error:
+        if "Original Traceback" not in error.message:
+            raise
+        last = [line for line in error.message.strip().splitlines() if line.strip()][-1]
+        message = last.split("DataError: ", 1)[-1].strip()
+        raise DataError(message, hint="Replace or remove the file and start the run again.") \
+            from None

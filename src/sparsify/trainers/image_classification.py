@@ -24,6 +24,7 @@ from sparsify.families import settings_for
 from sparsify.plan import Plan
 from sparsify.trainers.base import ExportResult, TrainResult
 from sparsify.trainers.common import (
+    batches,
     build_optimizer,
     check_replicas_agree,
     phase_dirs,
@@ -113,8 +114,11 @@ class ImageClassificationTask:
         workers = (settings.num_workers if settings.num_workers is not None
                    else min(4, max(0, (torch.get_num_threads() or 1) - 1)))
         gen = torch.Generator().manual_seed(plan.seed)
+        # a last batch of one image cannot be normalised by BatchNorm in training mode: drop it
+        # (it is a different image every epoch, as the data is shuffled)
+        lone_last = len(self.train_ds) % batch_size == 1 and len(self.train_ds) > 1
         train_loader = DataLoader(self.train_ds, batch_size=batch_size, shuffle=True,
-                                  num_workers=workers, generator=gen, drop_last=False,
+                                  num_workers=workers, generator=gen, drop_last=lone_last,
                                   persistent_workers=workers > 0)
         val_loader = DataLoader(self.val_ds, batch_size=settings.eval_batch_size or batch_size,
                                 shuffle=False, num_workers=workers)
@@ -155,7 +159,7 @@ class ImageClassificationTask:
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
                        disable=not accelerator.is_main_process, dynamic_ncols=True, leave=True)
             running, seen = 0.0, 0
-            for index, (images, targets) in enumerate(train_loader):
+            for index, (images, targets) in enumerate(batches(train_loader)):
                 lifecycle.batch_start()
                 use_amp = amp_dtype is not None and not lifecycle.qat_active
                 context = (torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext())
@@ -256,7 +260,7 @@ class ImageClassificationTask:
         model.eval()
         device = next(model.parameters()).device
         loss_sum, top1, top5, count = 0.0, 0, 0, 0
-        for images, targets in loader:
+        for images, targets in batches(loader):
             images, targets = images.to(device), targets.to(device)
             logits = model(images).float()
             if accelerator is not None:
