@@ -647,3 +647,21 @@ def test_read_split_of_an_earlier_run(tmp_path: Path) -> None:
     assert split.class_names == ("x", "y") and split.seed == 3 and split.val_fraction == 0.2
     assert split.val["y"] == [tmp_path / "data" / "y" / "2.png"]
     assert split.extra == {"note": "kept"}
+
+
+def test_a_symlink_loop_is_read_once(tmp_path, caplog):
+    from PIL import Image
+
+    from sparsify.data.image_folder import validate_image_folder
+
+    for cls in ("a", "b"):
+        for i in range(3):
+            path = tmp_path / "d" / cls / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(path)
+    (tmp_path / "d" / "a" / "loop").symlink_to(tmp_path / "d" / "a")  # a -> a -> a ...
+    (tmp_path / "d" / "b" / "again.png").symlink_to(tmp_path / "d" / "b" / "0.png")
+    layout = validate_image_folder(tmp_path / "d")
+    counts = {cls: len(files) for cls, files in layout.train_samples.items()}
+    assert counts == {"a": 3, "b": 3}, counts
+    assert "link loop" in caplog.text

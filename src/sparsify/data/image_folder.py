@@ -307,13 +307,28 @@ def _image_files(class_dir: Path) -> tuple[list[Path], list[str]]:
     """Image files under ``class_dir`` (recursively, sorted) and the names of the other files."""
     images: list[Path] = []
     others: list[str] = []
+    # Linked folders are followed (datasets are often assembled from links), but a folder or an
+    # image reached twice (a link loop, two links to one folder) is read once: duplicates would
+    # otherwise land on both sides of the train/val split.
+    seen_dirs: set[str] = set()
+    seen_files: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            logger.warning("Skipping %s: it leads to %s, already read (a link loop or a second "
+                           "link to one folder).", dirpath, real)
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             if name.lower().endswith(IMG_EXTENSIONS):
-                images.append(Path(dirpath) / name)
+                target = os.path.realpath(os.path.join(dirpath, name))
+                if target not in seen_files:
+                    seen_files.add(target)
+                    images.append(Path(dirpath) / name)
             else:
                 others.append(name)
     return sorted(images), others
