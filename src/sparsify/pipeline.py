@@ -268,6 +268,11 @@ def _stages(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder, main:
         if main:
             _record_training_failure(plan, run_dir, error)
         raise
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the folder is kept and says so
+        if main:
+            _record_training_failure(plan, run_dir, SparsifyError(
+                "Interrupted during training (Ctrl-C or SIGTERM)."), status="interrupted")
+        raise
     if not main:
         return run_dir
     train.save(run_dir / "training_artifacts" / TRAIN_RESULT)
@@ -333,14 +338,15 @@ def train_teacher(plan: Plan, task: Task, recipe: Recipe
     return teacher, dense
 
 
-def _record_training_failure(plan: Plan, run_dir: Path, error: SparsifyError) -> None:
-    """A training that failed keeps its folder (checkpoints of the finished epochs, logs) and
-    says so in ``metrics.yaml``."""
+def _record_training_failure(plan: Plan, run_dir: Path, error: SparsifyError,
+                             status: str = "failed") -> None:
+    """A training that failed or was interrupted keeps its folder (checkpoints of the finished
+    epochs, logs) and says so in ``metrics.yaml``."""
     from sparsify.report import write_metrics
 
     write_metrics(run_dir / "metrics.yaml", {
-        "status": "failed", "failure": {"stage": "train", "error": type(error).__name__,
-                                        "message": error.message},
+        "status": status, "failure": {"stage": "train", "error": type(error).__name__,
+                                      "message": error.message},
         "use_case": plan.use_case.id, "optim_level": plan.optim_level, "recipe": plan.recipe})
     error.hint = (f"{error.hint + ' ' if error.hint else ''}The run folder keeps the logs and "
                   f"the checkpoints of the finished epochs: {run_dir}")

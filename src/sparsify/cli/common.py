@@ -47,15 +47,36 @@ def fail_unexpected(exc: BaseException, debug: bool) -> NoReturn:
     sys.exit(1)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and ``kill`` send), handled like Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def guarded(debug: bool, body: Callable[[], object]) -> None:
     """Run a command's body; every failure ends as one clean message and its exit code
-    (``SparsifyError``: its code; Ctrl-C: 130; anything else: 1, "unexpected failure")."""
+    (``SparsifyError``: its code; Ctrl-C: 130; SIGTERM: 143; anything else: 1, "unexpected
+    failure")."""
+    import signal
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (e.g. a test runner): leave SIGTERM alone
+        previous = None
     try:
         body()
     except SparsifyError as error:
         fail(error, debug)
+    except Terminated:
+        click.echo("Terminated (SIGTERM).", err=True)
+        sys.exit(143)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen failure: say so cleanly
         fail_unexpected(exc, debug)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
