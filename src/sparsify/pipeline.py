@@ -258,11 +258,11 @@ def _stages(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder, main:
         write_text_atomic(run_dir / "plan.yaml", plan_to_yaml(plan, record))
         write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
     dense = None
-    if plan.teacher == "auto":
-        teacher, dense = train_teacher(plan, task, recipe)                   # dense teacher
-        if main and dense is not None:
-            dense.save(run_dir / "training_artifacts" / "teacher" / TRAIN_RESULT)
     try:
+        if plan.teacher == "auto":
+            teacher, dense = train_teacher(plan, task, recipe)               # dense teacher
+            if main and dense is not None:
+                dense.save(run_dir / "training_artifacts" / "teacher" / TRAIN_RESULT)
         train = task.train(recipe, teacher)                                  # train
     except SparsifyError as error:
         if main:
