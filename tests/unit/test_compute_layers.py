@@ -109,4 +109,4 @@ def test_shipped_gradual_recipes_prune_compute_layers_after_gmp_star(name):
     lrs = [m.build() for m in recipe.of_type("LearningRateFunctionModifier")]
     assert [lr.start_epoch for lr in lrs] == [0.0, 5.0]  # the LR rewinds when pruning ends
     assert lrs[1].init_lr > lrs[0].final_lr
-    assert recipe.of_type("DistillationModifier") and recipe.variables["teacher_epochs"] == 3
+    assert recipe.of_type("DistillationModifier") and recipe.variables["teacher_epochs"] == 7

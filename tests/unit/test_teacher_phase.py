@@ -49,7 +49,7 @@ def test_teacher_phase_trains_a_dense_copy_and_the_student_starts_from_it():
     assert phase == "teacher"
     kinds = {m.type for m in phase_recipe.modifiers}
     assert kinds == {"EpochRangeModifier", "LearningRateFunctionModifier"}  # dense, FP32
-    assert phase_recipe.max_epochs == recipe.variables["teacher_epochs"] == 3
+    assert phase_recipe.max_epochs == recipe.variables["teacher_epochs"] == 7
     assert dense.metrics["top1"] == 0.85 and dense.used
     assert teacher is not None and not teacher.training
     assert all(not p.requires_grad for p in teacher.parameters())  # frozen
@@ -92,6 +92,6 @@ def test_dry_run_shows_the_teacher_phase():
                       recipe_args={"num_epochs": 20})
     plan.recipe = "image_classification_gmp"
     out = preview_recipe(plan)
-    assert out["dense_teacher"]["epochs"] == 6
+    assert out["dense_teacher"]["epochs"] == 14
     plan.teacher = "disable"
     assert "dense_teacher" not in preview_recipe(plan)

@@ -7,7 +7,7 @@ from sparsify.recipe.parser import Recipe
 
 def teacher_recipe(recipe: Recipe) -> Recipe | None:
     """The dense teacher's fine-tune for ``--teacher auto``: ``teacher_epochs`` (a recipe
-    variable; default 30% of the recipe's epochs) with the recipe's own LR function, initial
+    variable; default 30% of the epochs of a recipe without it) with the recipe's own LR function, initial
     LR and weight decay, no pruning, no quantization. ``None`` when the recipe has nothing to
     distil (no DistillationModifier) or nothing a dense teacher helps (no gradual pruning:
     a dense fine-tune, or a pre-sparsified model whose dense original is not here)."""
