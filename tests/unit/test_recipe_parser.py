@@ -295,3 +295,13 @@ def test_billion_laughs_is_refused_at_once():
     with pytest.raises(RecipeError, match="aliases"):
         parse_recipe("\n".join(levels) + "\nmodifiers: []\n", None)
     assert time.perf_counter() - start < 2.0
+
+
+def test_summary_shows_every_epoch_field_of_every_modifier():
+    summary = load_recipe("image_classification_gmp", {"num_epochs": 10}).summary()
+    quant = next(m for m in summary["modifiers"] if m["type"] == "QuantizationModifier")
+    assert quant["start_epoch"] == 6.5
+    assert quant["disable_quantization_observer_epoch"] == 9.0
+    assert quant["freeze_bn_stats_epoch"] == 9.0
+    gmp = next(m for m in summary["modifiers"] if m["type"] == "GMPruningModifier")
+    assert (gmp["start_epoch"], gmp["end_epoch"]) == (0.0, 5.0)

@@ -136,8 +136,10 @@ class Recipe:
             "epochs": self.max_epochs,
             "qat_start_epoch": min(max(m.start_epoch, 0.0) for m in quant) if quant else None,
             "controls_lr": self.controls_lr,
-            "modifiers": [{"type": m.name, "start_epoch": m.start_epoch,
-                           "end_epoch": m.end_epoch} for m in built],
+            # every epoch-valued field as applied (QAT: observer and BatchNorm freeze too)
+            "modifiers": [{"type": m.name, **{f: getattr(m, f) for f in m.epoch_fields
+                                              if getattr(m, f, None) is not None}}
+                          for m in built],
         }
         if self.overrides:
             out["overrides"] = dict(self.overrides)
