@@ -1,5 +1,5 @@
-"""No import cycles between the package's modules (module-level and deferred imports alike;
-``if TYPE_CHECKING:`` blocks are type hints, not imports)."""
+"""No import cycles between the package's modules: module-level, deferred and type-checking
+imports alike."""
 
 from __future__ import annotations
 
@@ -16,10 +16,6 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _is_type_checking(node: ast.AST) -> bool:
-    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-
-
 def import_graph() -> dict[str, set[str]]:
     modules = {_module_name(p): p for p in ROOT.rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in modules}
@@ -28,8 +24,6 @@ def import_graph() -> dict[str, set[str]]:
         stack: list[ast.AST] = [ast.parse(path.read_text(encoding="utf-8"))]
         while stack:
             node = stack.pop()
-            if _is_type_checking(node):
-                continue
             if isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:

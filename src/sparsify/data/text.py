@@ -28,12 +28,13 @@ import logging
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sparsify.data.split import split_items, write_split_record
-from sparsify.data.text_tasks import (
+from sparsify.data.text_tasks import (  # Row, RawSplits: the records every task checks
+    RawSplits,
+    Row,
     check_question_answering,
     check_text_classification,
     check_token_classification,
@@ -59,27 +60,6 @@ GLUE_TASKS: dict[str, tuple[str, str | None, str]] = {
     "rte": ("sentence1", "sentence2", "validation"),
     "wnli": ("sentence1", "sentence2", "validation"),
 }
-
-
-@dataclass
-class Row:
-    """One record and where it came from (for error messages)."""
-
-    values: dict[str, Any]
-    where: str
-
-
-@dataclass
-class RawSplits:
-    """Rows of the training and validation data before any task check."""
-
-    train: list[Row]
-    val: list[Row]
-    source: str
-    val_source: str
-    label_names: dict[str, list[str]] = field(default_factory=dict)  # Hub ClassLabel names
-    text_columns: tuple[str, str | None] | None = None  # known text (+ pair) columns (GLUE)
-    auto_split: bool = False  # the validation rows were split off the training data here
 
 
 # --- reading files ---------------------------------------------------------------------------

@@ -11,15 +11,33 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 from sparsify.errors import DataError
 
-if TYPE_CHECKING:
-    from sparsify.data.text import RawSplits, Row
-
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Row:
+    """One record and where it came from (for error messages)."""
+
+    values: dict[str, Any]
+    where: str
+
+
+@dataclass
+class RawSplits:
+    """Rows of the training and validation data before any task check."""
+
+    train: list[Row]
+    val: list[Row]
+    source: str
+    val_source: str
+    label_names: dict[str, list[str]] = field(default_factory=dict)  # Hub ClassLabel names
+    text_columns: tuple[str, str | None] | None = None  # known text (+ pair) columns (GLUE)
+    auto_split: bool = False  # the validation rows were split off the training data here
 
 
 @dataclass

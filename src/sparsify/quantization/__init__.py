@@ -102,22 +102,7 @@ __all__ = [
     "is_qat_prepared",
     "quantized_module_names",
     "tag_of",
-    "QATModule",
-    "QATConv1d",
-    "QATConv2d",
-    "QATConv3d",
-    "QATBatchNorm1d",
-    "QATBatchNorm2d",
-    "QATBatchNorm3d",
-    "QATLinear",
-    "QATEmbedding",
-    "QATReLU",
-    "QATReLU6",
-    "QATMaxPool2d",
-    "QATAdaptiveAvgPool2d",
-    "QATAvgPool2d",
-    "QATFlatten",
-    "QATSiLU",
+    *modules.__all__,  # the QAT module classes
 ]
 
 # The private names of the single module this package replaced, for code and pickles that use

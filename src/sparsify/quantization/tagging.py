@@ -6,12 +6,11 @@ the tensor and re-uses it, so in ONNX all of them read the same QuantizeLinear.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
+from torch import nn
 
-if TYPE_CHECKING:
-    from sparsify.quantization.fake_quant import FakeQuantizer
+# A tag names the quantizer (a ``fake_quant.FakeQuantizer``) that produced a tensor; it is typed
+# ``nn.Module`` here, so this module, which ``fake_quant`` imports, imports nothing back.
 
 __all__ = ["quantized_input", "requantize_like_input", "tag", "tag_of"]
 
@@ -24,13 +23,13 @@ def _version(t: torch.Tensor) -> int:
     return -1 if t.is_inference() else t._version
 
 
-def tag(t: torch.Tensor, quantizer: FakeQuantizer) -> torch.Tensor:
+def tag(t: torch.Tensor, quantizer: nn.Module) -> torch.Tensor:
     # The version counter detects in-place changes (``out += identity``) after tagging.
     setattr(t, _TAG, (quantizer, _version(t)))
     return t
 
 
-def tag_of(t: torch.Tensor) -> tuple[FakeQuantizer, bool] | None:
+def tag_of(t: torch.Tensor) -> tuple[nn.Module, bool] | None:
     """The quantizer ``t`` was produced by, and whether ``t`` is that very tensor.
 
     A view of a quantized tensor (``torch.flatten`` after pooling) holds values of the same
@@ -48,7 +47,7 @@ def tag_of(t: torch.Tensor) -> tuple[FakeQuantizer, bool] | None:
     return None
 
 
-def quantized_input(x: torch.Tensor, own: FakeQuantizer) -> tuple[torch.Tensor, FakeQuantizer]:
+def quantized_input(x: torch.Tensor, own: nn.Module) -> tuple[torch.Tensor, nn.Module]:
     """``x`` quantized: by its producer if it already was, else by ``own`` (which observes)."""
     found = tag_of(x)
     if found is None:
