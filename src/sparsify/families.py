@@ -65,20 +65,26 @@ class TextSettings(CommonSettings):
                                             "positive")
     max_seq_length: int | None = _setting(
         None, "tokens per example (default 128; 384 for question answering)", "positive")
-    label_names: list | None = _setting(
-        None, "class names in id order, for integer labels/tags in local files", "names")
     trust_remote_code: bool = _setting(False, "allow a Hub model's own Python code")
 
 
 @dataclass(frozen=True)
-class TextClassificationSettings(TextSettings):
+class LabelledTextSettings(TextSettings):
+    """Text tasks with classes (question answering has none)."""
+
+    label_names: list | None = _setting(
+        None, "class names in id order, for integer labels/tags in local files", "names")
+
+
+@dataclass(frozen=True)
+class TextClassificationSettings(LabelledTextSettings):
     text_column: str | None = _setting(None, "column of the text (default: text/sentence)")
     text_pair_column: str | None = _setting(None, "column of the second text of a pair")
     label_column: str = _setting("label", "column of the label")
 
 
 @dataclass(frozen=True)
-class TokenClassificationSettings(TextSettings):
+class TokenClassificationSettings(LabelledTextSettings):
     tokens_column: str = _setting("tokens", "column of the word list")
     tags_column: str | None = _setting(None, "column of the tags (default: ner_tags/tags)")
 

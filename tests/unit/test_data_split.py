@@ -20,8 +20,10 @@ from sparsify.data.synthetic import make_synthetic_image_folder
 from sparsify.data.synthetic_text import sentiment_rows, write_csv
 from sparsify.data.synthetic_yolo import make_synthetic_yolo_dataset
 from sparsify.data.text import Row, load_task_data, split_rows
-from sparsify.data.yolo import stage_dataset, validate_yolo_dataset
+from sparsify.data.yolo import validate_yolo_dataset
+from sparsify.data.yolo_stage import stage_dataset
 from sparsify.errors import DataError
+from sparsify.families import settings_for
 
 # (n, fraction, expected): the half cases round up (Python's round() would give 2, 2, 0, 4).
 ROUNDING = [(10, 0.25, 3), (25, 0.1, 3), (5, 0.1, 1), (18, 0.25, 5), (15, 0.1, 2),
@@ -144,7 +146,7 @@ def test_text_run_writes_the_record(tmp_path):
     write_csv(tmp_path / "r.csv", sentiment_rows(40))
     path = tmp_path / "run" / "data_split.json"
     data = load_task_data(str(tmp_path / "r.csv"), "text_classification",
-                          {"val_fraction": 0.25}, 9, path)
+                          settings_for("text_classification", {"val_fraction": 0.25}), 9, path)
     record = _check_common(path, "text")
     assert (record["split"], record["seed"], record["val_fraction"]) == ("seeded", 9, 0.25)
     assert record["source"] == str(tmp_path / "r.csv")
@@ -157,7 +159,8 @@ def test_text_run_with_a_validation_file_writes_no_record(tmp_path):
     write_csv(tmp_path / "d" / "train.csv", sentiment_rows(10))
     write_csv(tmp_path / "d" / "val.csv", sentiment_rows(4, seed=1))
     path = tmp_path / "run" / "data_split.json"
-    load_task_data(str(tmp_path / "d"), "text_classification", {}, 0, path)
+    load_task_data(str(tmp_path / "d"), "text_classification",
+                   settings_for("text_classification", {}), 0, path)
     assert not path.exists()
 
 

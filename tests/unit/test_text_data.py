@@ -12,10 +12,17 @@ from sparsify.cli.main import cli
 from sparsify.data.synthetic_text import (
     entity_rows, question_rows, sentiment_rows, write_csv, write_jsonl,
 )
-from sparsify.data.text import load_task_data, pick_split_files, read_rows
+from sparsify.data.text import load_task_data as _load_task_data
+from sparsify.data.text import pick_split_files, read_rows
 from sparsify.errors import DataError
+from sparsify.families import settings_for
 
 pytest.importorskip("transformers")
+
+
+def load_task_data(data, family, kw, seed, split_record=None):
+    """The data layer with ``kw`` as --train-kwargs (over the family's defaults)."""
+    return _load_task_data(data, family, settings_for(family, kw), seed, split_record)
 
 
 def run_cli(tmp_path, use_case, data):

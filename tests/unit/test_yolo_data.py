@@ -7,11 +7,12 @@ import json
 import pytest
 import yaml
 
-from sparsify.data.synthetic_yolo import make_synthetic_yolo_dataset
 from sparsify.data.split import split_items
+from sparsify.data.synthetic_yolo import make_synthetic_yolo_dataset
 from sparsify.data.yolo import (
-    check_label_file, is_named_dataset, label_path_for, stage_dataset, validate_yolo_dataset,
+    check_label_file, is_named_dataset, label_path_for, validate_yolo_dataset,
 )
+from sparsify.data.yolo_stage import stage_dataset
 from sparsify.errors import DataError
 
 

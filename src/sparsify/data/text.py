@@ -40,6 +40,7 @@ from sparsify.data.text_tasks import (  # Row, RawSplits: the records every task
     check_token_classification,
 )
 from sparsify.errors import DataError
+from sparsify.families import TextSettings
 
 logger = logging.getLogger(__name__)
 
@@ -308,23 +309,24 @@ def split_rows(rows: list[Row], val_fraction: float, seed: int,
     return [r for i, r in enumerate(rows) if i not in chosen], [rows[i] for i in val_idx], val_idx
 
 
-def load_task_data(data: str, family: str, kw: dict[str, Any], seed: int,
+def load_task_data(data: str, family: str, settings: TextSettings, seed: int,
                    split_record: Path | None = None) -> Any:
     """Read, split when needed, and check the data of one NLP task family.
 
     Returns a :class:`~sparsify.data.text_tasks.TextClassificationData`,
     :class:`~sparsify.data.text_tasks.TokenClassificationData` or
     :class:`~sparsify.data.text_tasks.QuestionAnsweringData`, limited to
-    ``max_train_samples`` / ``max_eval_samples``. Data without a validation part is split
-    (:func:`split_rows`); the split is then recorded at ``split_record`` (kind ``text``, see
-    :mod:`sparsify.data.split`).
+    ``max_train_samples`` / ``max_eval_samples``. ``settings`` is the family's settings object
+    (:func:`sparsify.families.settings_for`), where the defaults live. Data without a
+    validation part is split (:func:`split_rows`); the split is then recorded at
+    ``split_record`` (kind ``text``, see :mod:`sparsify.data.split`).
     """
     raw = load_raw_splits(data)
     if not raw.val:
-        fraction = float(kw.get("val_fraction", 0.1))
+        fraction = float(settings.val_fraction)
         stratify, label_col = None, None
         if family == "text_classification":
-            label_col = kw.get("label_column", "label")
+            label_col = settings.label_column
             stratify = [str(r.values.get(label_col)) for r in raw.train]
         n = len(raw.train)
         raw.train, raw.val, val_idx = split_rows(raw.train, fraction, seed, stratify)
@@ -341,11 +343,11 @@ def load_task_data(data: str, family: str, kw: dict[str, Any], seed: int,
     checker = {"text_classification": check_text_classification,
                "token_classification": check_token_classification,
                "question_answering": check_question_answering}[family]
-    checked = checker(raw, kw)
-    if kw.get("max_train_samples"):
-        checked.train = _subsample(checked.train, int(kw["max_train_samples"]), seed)
-    if kw.get("max_eval_samples"):
-        checked.val = _subsample(checked.val, int(kw["max_eval_samples"]), seed + 1)
+    checked = checker(raw, settings)
+    if settings.max_train_samples:
+        checked.train = _subsample(checked.train, settings.max_train_samples, seed)
+    if settings.max_eval_samples:
+        checked.val = _subsample(checked.val, settings.max_eval_samples, seed + 1)
     if not checked.val:
         raise DataError(f"{raw.val_source or raw.source}: the validation data is empty.")
     return checked

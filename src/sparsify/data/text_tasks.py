@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparsify.errors import DataError
+from sparsify.families import (
+    LabelledTextSettings, QuestionAnsweringSettings, TextClassificationSettings,
+    TokenClassificationSettings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,11 +97,11 @@ def _unknown_class(where: str, what: str, value: str, names: list[str], listed: 
                      f"({', '.join(names)}).", hint=_unseen_hint(raw))
 
 
-def _class_names(raw: RawSplits, column: str, kw: dict[str, Any]) -> list[str] | None:
+def _class_names(raw: RawSplits, column: str, settings: LabelledTextSettings) -> list[str] | None:
     """Names of integer classes in ``column``: the Hub dataset's ClassLabel names, else
     ``--train-kwargs label_names``, else None (integers stay their own names)."""
     names = raw.label_names.get(column)
-    return list(names) if names is not None else kw.get("label_names")
+    return list(names) if names is not None else settings.label_names
 
 
 def _named(value: Any, names: list[str], where: str, what: str) -> str | None:
@@ -119,7 +123,8 @@ def _named(value: Any, names: list[str], where: str, what: str) -> str | None:
     return names[value]
 
 
-def check_text_classification(raw: RawSplits, kw: dict[str, Any]) -> TextClassificationData:
+def check_text_classification(raw: RawSplits, settings: TextClassificationSettings
+                              ) -> TextClassificationData:
     """Find the text / pair / label columns and map labels to ids (sorted names).
 
     Raises:
@@ -128,10 +133,10 @@ def check_text_classification(raw: RawSplits, kw: dict[str, Any]) -> TextClassif
     """
     rows = raw.train
     cols = _columns(rows)
-    label_col = kw.get("label_column", "label")
+    label_col = settings.label_column
     if label_col not in cols:
         raise _missing_column(rows, "label", [label_col], "label_column")
-    text_col, pair_col = kw.get("text_column"), kw.get("text_pair_column")
+    text_col, pair_col = settings.text_column, settings.text_pair_column
     if text_col is None and raw.text_columns is not None:
         text_col, pair_col = raw.text_columns[0], pair_col or raw.text_columns[1]
     if text_col is None:
@@ -154,7 +159,7 @@ def check_text_classification(raw: RawSplits, kw: dict[str, Any]) -> TextClassif
         if col is not None and col not in cols:
             raise _missing_column(rows, f"'{col}'", cols, option)
 
-    hub_names = _class_names(raw, label_col, kw)
+    hub_names = _class_names(raw, label_col, settings)
 
     def label_of(row: Row) -> str:
         value = row.values.get(label_col)
@@ -225,7 +230,8 @@ class TokenClassificationData:
     label_names: list[str]
 
 
-def check_token_classification(raw: RawSplits, kw: dict[str, Any]) -> TokenClassificationData:
+def check_token_classification(raw: RawSplits, settings: TokenClassificationSettings
+                               ) -> TokenClassificationData:
     """Words and tags per row; string tags are mapped in sorted order (``O`` first).
 
     Raises:
@@ -234,8 +240,8 @@ def check_token_classification(raw: RawSplits, kw: dict[str, Any]) -> TokenClass
     """
     rows = raw.train
     cols = _columns(rows)
-    tokens_col = kw.get("tokens_column", "tokens")
-    tags_col = kw.get("tags_column")
+    tokens_col = settings.tokens_column
+    tags_col = settings.tags_column
     if tokens_col not in cols:
         raise _missing_column(rows, "tokens", [tokens_col], "tokens_column")
     if tags_col is None:
@@ -245,7 +251,7 @@ def check_token_classification(raw: RawSplits, kw: dict[str, Any]) -> TokenClass
             raise _missing_column(rows, "tags", ["ner_tags", "tags", "labels"], "tags_column")
     elif tags_col not in cols:
         raise _missing_column(rows, f"'{tags_col}'", cols, "tags_column")
-    hub_names = _class_names(raw, tags_col, kw)
+    hub_names = _class_names(raw, tags_col, settings)
 
     def pair(row: Row) -> tuple[list[str], list[str]]:
         tokens, tags = row.values.get(tokens_col), row.values.get(tags_col)
@@ -303,7 +309,8 @@ class QuestionAnsweringData:
     val: list[dict[str, Any]]
 
 
-def check_question_answering(raw: RawSplits, kw: dict[str, Any]) -> QuestionAnsweringData:
+def check_question_answering(raw: RawSplits, settings: QuestionAnsweringSettings
+                             ) -> QuestionAnsweringData:
     """``question``, ``context`` and ``answers`` (``text`` + ``answer_start`` lists, or a list
     of ``{"text", "answer_start"}``); each answer must be the context's text at its start.
 

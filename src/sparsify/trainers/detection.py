@@ -102,11 +102,8 @@ class DetectionTask:
     head_replaced = False  # Ultralytics builds the head for the data's classes
 
     def __init__(self, plan: Plan, data: str, run_dir: Path) -> None:
-        from sparsify.data.yolo import (
-            is_named_dataset,
-            stage_dataset,
-            validate_yolo_dataset,
-        )
+        from sparsify.data.yolo import is_named_dataset, validate_yolo_dataset
+        from sparsify.data.yolo_stage import stage_dataset
 
         self.plan, self.run_dir = plan, run_dir
         self.task = TASK_OF_FAMILY[plan.use_case.family]
@@ -190,11 +187,15 @@ class DetectionTask:
         if device.type == "mps":
             overrides["device"] = "mps"
         try:
-            return cls(overrides=overrides)
+            trainer = cls(overrides=overrides)
         except (RuntimeError, FileNotFoundError, SyntaxError, TypeError) as exc:
             raise DataError(f"Ultralytics could not load the dataset '{data_arg}': {exc}",
                             hint="Offline, named datasets (coco8.yaml...) cannot be downloaded: "
                                  "pass a local YOLO dataset folder or YAML.") from None
+        # Ultralytics sets workers to 0 on CPU whatever it was given; the loaders are built
+        # later from args, so a worker count the user asked for is honoured here.
+        trainer.args.workers = settings.num_workers
+        return trainer
 
     # --- training ----------------------------------------------------------------------------
     def load_teacher(self, choice: Any) -> nn.Module:

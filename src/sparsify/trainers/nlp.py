@@ -26,7 +26,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from sparsify.errors import ModelNotFoundError, TrainingError, UsageError
-from sparsify.families import settings_for
+from sparsify.families import QuestionAnsweringSettings, settings_for
 from sparsify.plan import Plan
 from sparsify.trainers.base import ExportResult, TrainResult
 from sparsify.trainers.common import (
@@ -67,7 +67,7 @@ class NLPTask:
         self.family = plan.use_case.family
         self.settings = settings_for(self.family, plan.train_kwargs)
         seed_everything(plan.seed)
-        self.data = load_task_data(data, self.family, plan.train_kwargs, plan.seed,
+        self.data = load_task_data(data, self.family, self.settings, plan.seed,
                                    run_dir / "data_split.json")
         self.label_names: list[str] | None = getattr(self.data, "label_names", None)
         self.qat = False
@@ -79,7 +79,7 @@ class NLPTask:
         self.max_len = settings.max_seq_length or DEFAULT_MAX_SEQ_LENGTH[self.family]
         self.max_len = min(self.max_len, int(getattr(self.tokenizer, "model_max_length", 10**6)),
                            _max_positions(self.model.config))
-        stride = getattr(settings, "doc_stride", None)
+        stride = settings.doc_stride if isinstance(settings, QuestionAnsweringSettings) else None
         self.stride = stride if stride is not None else min(128, self.max_len // 3)
         if self.family == "question_answering" and self.stride >= self.max_len // 2:
             raise UsageError(f"--train-kwargs doc_stride {self.stride} must be below half of "
