@@ -5,9 +5,10 @@ For each architecture, a fixed random initialisation is fine-tuned briefly on ge
 the ratio of the exported model's ONNX Runtime CPU latency to the dense FP32 export of the same
 starting network is read from the run's metrics.yaml (both measured in the same process by the
 run). Single runs on a shared 2-core machine vary by tens of percent, so every pair of ONNX
-files is then timed again interleaved (model, baseline, model, ... for several rounds; median)
-and that ratio is the one to read. Also recorded: integer kernels in ONNX Runtime's optimised
-graph, and the operators that ran in float on dequantized inputs (where a QDQ graph loses time).
+files is then timed again interleaved (the two in turn within each of 50 repetitions; the
+median of the repetitions' ratios) and that ratio is the one to read. Also recorded: integer
+kernels in ONNX Runtime's optimised graph, and the operators that ran in float on dequantized
+inputs (where a QDQ graph loses time).
 
     python bench/bench_architectures.py --out /tmp/bench_arch [--image-size 224]
         [--results bench/results/architectures.md]
@@ -51,26 +52,23 @@ def checkpoint(arch: str, classes: int, path: Path) -> bool:
     return True
 
 
-def interleaved_speedups(model: Path, baseline: Path, size: int, rounds: int = 5
+def interleaved_speedups(model: Path, baseline: Path, size: int, runs: int = 50
                          ) -> dict[int, float]:
-    """Baseline / model latency per batch size, both timed in turn within every round."""
+    """Baseline / model latency per batch size: the median of the ratios of the two files
+    timed in turn within each repetition."""
     import statistics
 
-    from sparsify.export.inspect import measure_latency
+    from sparsify.export.inspect import measure_interleaved, paired_speedups
 
     rng = np.random.default_rng(0)
 
     def inputs(batch: int) -> dict[str, np.ndarray]:
         return {"input": rng.standard_normal((batch, 3, size, size)).astype(np.float32)}
 
-    times: dict[str, dict[int, list[float]]] = {"model": {1: [], 32: []},
-                                                "baseline": {1: [], 32: []}}
-    for _ in range(rounds):
-        for key, path in (("model", model), ("baseline", baseline)):
-            for batch, ms in measure_latency(path, inputs, batch_sizes=(1, 32), runs=10).items():
-                times[key][batch].append(ms)
-    return {b: statistics.median(times["baseline"][b]) / statistics.median(times["model"][b])
-            for b in (1, 32)}
+    times = measure_interleaved({"model": model, "baseline": baseline}, inputs, (1, 32),
+                                runs=runs)
+    return {b: statistics.median(paired_speedups(t["model"], t["baseline"]))
+            for b, t in times.items()}
 
 
 def main() -> None:
@@ -115,7 +113,8 @@ def main() -> None:
                                       args.image_size)
         row[4:6] = [ratios[1], ratios[32], row[4], row[5]]
     lines = [f"Image size {args.image_size}, ONNX Runtime CPU, speedup = dense FP32 export "
-             "latency / exported model latency: interleaved (5 rounds of 10 runs, medians) and, "
+             "latency / exported model latency: interleaved (median of the ratios in 50 "
+             "repetitions, the two timed in turn) and, "
              "in brackets, the run's own metrics.yaml figure.", "",
              "| architecture | level | sparsity | integer kernels | speedup b1 | speedup b32 "
              "| float ops on dequantized inputs |", "|---|---|---|---|---|---|---|"]

@@ -145,30 +145,16 @@ def run(name: str, level: str, data: Path, model: Path, out: Path, args
 def interleaved_latency(models: dict[str, Path], image_size: int, repeats: int = 30
                         ) -> dict[str, dict[int, float]]:
     """Median ONNX Runtime latency (ms) of each ONNX file, the models timed in turn within each
-    repetition, so load from other processes hits them alike."""
-    import onnxruntime as ort
+    repetition (``measure_interleaved``), so load from other processes hits them alike."""
+    from sparsify.export.inspect import measure_interleaved
 
-    sessions = {}
-    for key, path in models.items():
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        sessions[key] = ort.InferenceSession(str(path), opts,
-                                             providers=["CPUExecutionProvider"])
-    out: dict[str, dict[int, float]] = {key: {} for key in models}
-    for batch in (1, 32):
-        x = np.random.default_rng(0).standard_normal((batch, 3, image_size, image_size),
-                                                     dtype=np.float32)
-        times: dict[str, list[float]] = {key: [] for key in models}
-        for i in range(repeats + 3):
-            for key, sess in sessions.items():
-                feed = {sess.get_inputs()[0].name: x}
-                start = time.perf_counter()
-                sess.run(None, feed)
-                if i >= 3:
-                    times[key].append((time.perf_counter() - start) * 1000)
-        for key in models:
-            out[key][batch] = float(np.median(times[key]))
-    return out
+    def images(batch: int) -> dict[str, np.ndarray]:
+        shape = (batch, 3, image_size, image_size)
+        return {"input": np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
+
+    times = measure_interleaved(models, images, (1, 32), runs=repeats,
+                                threads=torch.get_num_threads())
+    return {key: {b: float(np.median(t[key])) for b, t in times.items()} for key in models}
 
 
 def evaluate_onnx(models: dict[str, Path], deploy_dir: Path, data: Path) -> dict[str, dict]:

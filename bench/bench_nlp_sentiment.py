@@ -99,31 +99,25 @@ def minilm_folder() -> Path:
 
 def interleaved_latency(models: dict[str, Path], sample: Path, reps: int = 30
                         ) -> dict[str, dict[int, float]]:
-    """Median ms of each ONNX file, the files timed in turn within each repetition (so a busy
-    machine slows all alike), at batch 1 and 32 x 128 tokens (the first sequence of
-    ``sample``, a deployment's sample_input.npz, repeated to 128 tokens, no padding)."""
+    """Median ms of each ONNX file, the files timed in turn within each repetition
+    (``measure_interleaved``: a busy machine slows all alike), at batch 1 and 32 x 128 tokens
+    (the first sequence of ``sample``, a deployment's sample_input.npz, repeated to 128 tokens,
+    no padding)."""
     import statistics
 
     import numpy as np
 
-    from sparsify.export.inspect import ort_session
+    from sparsify.export.inspect import measure_interleaved
 
-    inputs = dict(np.load(sample))
-    sessions = {key: ort_session(path) for key, path in models.items()}
-    out: dict[str, dict[int, float]] = {key: {} for key in models}
-    for batch in (1, 32):
-        feed = {k: np.repeat(np.resize(v[:1], (1, 128)), batch, axis=0) for k, v in inputs.items()}
-        feed["attention_mask"][:] = 1
-        times: dict[str, list[float]] = {key: [] for key in models}
-        for rep in range(reps + 3):
-            for key, session in sessions.items():
-                start = time.perf_counter()
-                session.run(None, feed)
-                if rep >= 3:
-                    times[key].append((time.perf_counter() - start) * 1e3)
-        for key in models:
-            out[key][batch] = statistics.median(times[key])
-    return out
+    first = {k: np.resize(v[:1], (1, 128)) for k, v in np.load(sample).items()}
+
+    def feed(batch: int) -> dict[str, np.ndarray]:
+        out = {k: np.repeat(v, batch, axis=0) for k, v in first.items()}
+        out["attention_mask"][:] = 1
+        return out
+
+    times = measure_interleaved(models, feed, (1, 32), runs=reps)
+    return {key: {b: statistics.median(t[key]) for b, t in times.items()} for key in models}
 
 
 def evaluate_onnx(models: dict[str, tuple[Path, Path]], val_csv: Path) -> dict[str, dict]:

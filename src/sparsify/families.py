@@ -50,6 +50,9 @@ class ImageSettings(CommonSettings):
                                             "positive")
     image_size: int = _setting(224, "input size in pixels (center crop)", "positive")
     arch_key: str | None = _setting(None, "architecture of a plain state-dict checkpoint")
+    checkpoint_steps: int | None = _setting(
+        None, "also write a resumable checkpoint every N optimizer steps (default: at the end "
+              "of every epoch only)", "positive")
 
 
 @dataclass(frozen=True)

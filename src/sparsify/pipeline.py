@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import shlex
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import click
 from sparsify.errors import MissingExtraError, SparsifyError, UsageError
 from sparsify.plan import SPARSE_MODEL_THRESHOLD, Plan, choose_recipe, plan_to_yaml
 from sparsify.rundir import create_run_dir, launch_rank, write_text_atomic
+from sparsify.stop import Stopped
 from sparsify.families import FAMILIES
 from sparsify.trainers.base import Task, TrainResult
 
@@ -233,13 +235,15 @@ def _prepare_together(plan: Plan, data: str, run_dir: Path, build_task: TaskBuil
 
 
 def _stages(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder, main: bool = True,
-            distributed: bool = False) -> Path:
+            distributed: bool = False, resume: bool = False) -> Path:
     """The stages after the run folder exists.
 
     The run folder's life: until training starts it holds nothing worth keeping, so any
-    failure there (or Ctrl-C) removes it. From the first training step on it is kept whatever
-    happens: checkpoints and logs stay, and a failure after training is recorded in
-    ``metrics.yaml`` (``status: failed``) with every figure measured so far.
+    failure there (or Ctrl-C) removes it (a resumed run's folder is never removed). When
+    training starts the folder is marked ``INCOMPLETE`` (the file holds the command that
+    resumes it) and kept whatever happens: checkpoints and logs stay, a failure or an
+    interruption is recorded in ``metrics.yaml`` (``status: failed`` / ``interrupted``), and the
+    mark is removed when training has finished.
     """
     try:
         if distributed:
@@ -247,45 +251,150 @@ def _stages(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder, main:
         else:
             task, plan, recipe, teacher = _prepare(plan, data, run_dir, build_task)
     except BaseException:
-        if main:
+        if main and not resume:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    if main:
+    from sparsify.recipe.parser import load_recipe
+    from sparsify.trainers.resume import find_resume
+
+    if resume:  # exactly the recipe the checkpoints were written under
+        recipe = load_recipe(str(run_dir / "recipe.yaml"))
+    elif main:
         click.echo(f"Run folder: {run_dir}")
         record = {"data": data}
         if Path(data).expanduser().exists():  # what `sparsify.run export` reads the data from
             record["data_path"] = str(Path(data).expanduser().resolve())
         write_text_atomic(run_dir / "plan.yaml", plan_to_yaml(plan, record))
         write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
+    if main:
+        write_text_atomic(run_dir / INCOMPLETE, f"{resume_command(run_dir)}\n")
+    artifacts = run_dir / "training_artifacts"
     dense = None
     try:
         if plan.teacher == "auto":
-            teacher, dense = train_teacher(plan, task, recipe)               # dense teacher
+            teacher, dense = train_teacher(plan, task, recipe, resume)       # dense teacher
             if main and dense is not None:
-                dense.save(run_dir / "training_artifacts" / "teacher" / TRAIN_RESULT)
-        train = task.train(recipe, teacher)                                  # train
+                dense.save(artifacts / "teacher" / TRAIN_RESULT)
+        train = task.train(recipe, teacher,                                  # train
+                           resume=find_resume(artifacts) if resume else None)
     except SparsifyError as error:
         if main:
             _record_training_failure(plan, run_dir, error)
         raise
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the folder is kept and says so
+    except Stopped as stopped:  # a signal, and a resumable checkpoint was written
+        if main:
+            _record_training_failure(plan, run_dir, SparsifyError(
+                "Stopped by a signal at a checkpoint."), status="interrupted")
+        stopped.message = (f"{'Terminated (SIGTERM)' if stopped.terminated else 'Interrupted'}"
+                           f": training stopped at a checkpoint. Resume with: "
+                           f"{resume_command(run_dir)}")
+        raise
+    except KeyboardInterrupt:  # a second Ctrl-C, or a signal outside training steps
         if main:
             _record_training_failure(plan, run_dir, SparsifyError(
                 "Interrupted during training (Ctrl-C or SIGTERM)."), status="interrupted")
         raise
     if not main:
         return run_dir
-    train.save(run_dir / "training_artifacts" / TRAIN_RESULT)
+    train.save(artifacts / TRAIN_RESULT)
+    (run_dir / INCOMPLETE).unlink(missing_ok=True)
     return export_and_report(plan, task, train, run_dir, dense)
+
+
+#: the mark of a run folder whose training has not finished (it holds the resume command)
+INCOMPLETE = "INCOMPLETE"
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"sparsify.run sparse-transfer --resume {shlex.quote(str(run_dir))}"
+
+
+def latest_incomplete(working_dir: Path) -> Path:
+    """``--resume latest``: the newest run folder of ``working_dir`` marked ``INCOMPLETE``.
+
+    Raises:
+        UsageError: there is none.
+    """
+    marked = sorted((p.parent for p in working_dir.expanduser().glob(f"*/{INCOMPLETE}")),
+                    key=lambda p: p.stat().st_mtime)
+    if not marked:
+        raise UsageError(f"No run folder in {working_dir} is incomplete: nothing to resume.",
+                         hint="Pass the run folder: --resume RUN_DIR.")
+    return marked[-1]
+
+
+#: plan.yaml fields a resumed run must share with the command line, when it gives them
+_RESUME_FIELDS = ("use_case", "optim_level", "teacher", "train_kwargs", "eval_metric",
+                  "device", "seed")
+
+
+def resume_run(run_dir: Path, given: Plan | None = None, data: str | None = None) -> Path:
+    """``sparse-transfer --resume RUN_DIR``: continue an interrupted run in its own folder from
+    its last resumable checkpoint (the teacher phase too, with ``--teacher auto``), then
+    export and report as an uninterrupted run would.
+
+    Raises:
+        UsageError: not a run folder, a finished run ("already complete"), or ``given`` (the
+            command line's plan) or ``data`` differing from what the run recorded (every
+            difference listed).
+    """
+    import yaml
+
+    from sparsify.plan import plan_from_dict
+    from sparsify.trainers.common import resolve_device
+
+    run_dir = run_dir.expanduser().resolve()
+    plan_file = run_dir / "plan.yaml"
+    if not plan_file.is_file() or not (run_dir / "recipe.yaml").is_file():
+        raise UsageError(f"{run_dir} is not a sparse-transfer run folder (no plan.yaml and "
+                         "recipe.yaml in it).",
+                         hint="Pass the folder a run printed as 'Run folder:'.")
+    if not (run_dir / INCOMPLETE).is_file():
+        raise UsageError(f"{run_dir} is already complete: its training finished.",
+                         hint=f"Export it again with: sparsify.run export {run_dir}")
+    recorded = yaml.safe_load(plan_file.read_text(encoding="utf-8")) or {}
+    plan = plan_from_dict(recorded)
+    differences = []
+    if given is not None:
+        mine = given.to_dict()
+        differences = [f"{key}: {mine.get(key)!r} (recorded {recorded.get(key)!r})"
+                       for key in _RESUME_FIELDS if mine.get(key) != recorded.get(key)]
+        if mine["model"]["spec"] != recorded.get("model", {}).get("spec"):
+            differences.append(f"model: {mine['model']['spec']!r} (recorded "
+                               f"{recorded.get('model', {}).get('spec')!r})")
+        if given.recipe_args != recorded.get("recipe", {}).get("args"):
+            differences.append(f"recipe_args: {given.recipe_args!r} (recorded "
+                               f"{recorded.get('recipe', {}).get('args')!r})")
+    if data is not None and data not in (recorded.get("data"), recorded.get("data_path")):
+        differences.append(f"data: {data!r} (recorded {recorded.get('data')!r})")
+    if differences:
+        raise UsageError(f"The arguments differ from those {run_dir.name} was started with: "
+                         f"{'; '.join(differences)}.",
+                         hint="Resume with --resume RUN_DIR alone (the run's own arguments), "
+                              "or start a new run.")
+    resolve_device(plan.device)
+    build_task = load_task_builder(plan)
+    file_log = logging.FileHandler(run_dir / "run.log")
+    file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(file_log)
+    click.echo(f"Resuming: {run_dir}")
+    try:
+        return _stages(plan, str(recorded.get("data_path") or recorded.get("data", "")),
+                       run_dir, build_task, resume=True)
+    finally:
+        logging.getLogger().removeHandler(file_log)
+        file_log.close()
 
 
 TRAIN_RESULT = "train_result.json"
 
 
-def train_teacher(plan: Plan, task: Task, recipe: Recipe
+def train_teacher(plan: Plan, task: Task, recipe: Recipe, resume: bool = False
                   ) -> tuple[nn.Module | None, TrainResult | None]:
     """``--teacher auto``: fine-tune a dense copy of the starting model on the user's data
     (:func:`teacher_recipe`), keep its validation metrics, and let the student start from it.
+    ``resume``: a teacher that finished is loaded from its checkpoint, one interrupted goes on
+    from its resumable checkpoint.
 
     Returns:
         ``(teacher, its TrainResult)``, or ``(None, None)`` when the recipe or the family has
@@ -306,16 +415,25 @@ def train_teacher(plan: Plan, task: Task, recipe: Recipe
         logger.info("--teacher auto: the recipe %s does not prune gradually with distillation; "
                     "no dense teacher is trained.", plan.recipe)
         return None, None
+    from sparsify.trainers.resume import find_resume
+
+    artifacts = task.run_dir / "training_artifacts" / "teacher"
+    if resume and (artifacts / TRAIN_RESULT).is_file():
+        dense = TrainResult.load(artifacts / TRAIN_RESULT)
+        if not dense.used:
+            return None, dense
+        task.restore(phase, artifacts)
+        click.echo(f"Dense teacher: the one trained before ({artifacts}).")
+        return _student_from(task, task.model), dense
     click.echo(f"Dense teacher: fine-tuning a copy of the starting model for "
                f"{phase.max_epochs:g} epochs (--teacher auto; --teacher disable skips it).")
     student_start = task.model
     metric = plan.eval_metric
     before = task.validate(student_start)
     task.model = copy.deepcopy(student_start)
-    dense = task.train(phase, None, phase="teacher")
-    teacher = task.model.eval()
-    for parameter in teacher.parameters():
-        parameter.requires_grad_(False)
+    dense = task.train(phase, None, phase="teacher",
+                       resume=find_resume(artifacts) if resume else None)
+    teacher = task.model
     after = dense.metrics
     logger.info("Dense teacher: %s after %d epochs (%.0f s); the starting model had %s %.4f.",
                 ", ".join(f"{k}={v:.4f}" for k, v in after.items()), dense.epochs, dense.seconds,
@@ -332,10 +450,20 @@ def train_teacher(plan: Plan, task: Task, recipe: Recipe
         task.model = student_start
         dense.used = False
         return None, dense
-    task.model = copy.deepcopy(teacher).train()  # the student starts from the fine-tuned weights
+    return _student_from(task, teacher), dense
+
+
+def _student_from(task: Task, teacher: nn.Module) -> nn.Module:
+    """Freeze the teacher; the student (``task.model``) starts from a copy of its weights."""
+    import copy
+
+    teacher.eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    task.model = copy.deepcopy(teacher).train()
     for parameter in task.model.parameters():
         parameter.requires_grad_(True)
-    return teacher, dense
+    return teacher
 
 
 def _record_training_failure(plan: Plan, run_dir: Path, error: SparsifyError,

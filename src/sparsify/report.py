@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,27 +12,74 @@ import yaml
 from sparsify.rundir import write_text_atomic
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from sparsify.errors import SparsifyError
     from sparsify.plan import Plan
     from sparsify.trainers.base import ExportResult, Task, TrainResult
 
 
-def measure_latencies(model_onnx: Path, baseline_onnx: Path, make_inputs: Any,
+def measure_latencies(model_onnx: Path, baseline_onnx: Path,
+                      make_inputs: Callable[..., Mapping[str, np.ndarray]],
+                      lengths: Mapping[str, int] | None = None,
                       batch_sizes: tuple[int, ...] = (1, 32), runs: int = 20) -> dict[str, Any]:
-    """ONNX Runtime CPU latency of the result and of the dense FP32 baseline, measured in the
-    same process one after the other, with the speedup ratio per batch size."""
-    from sparsify.export.inspect import measure_latency
+    """ONNX Runtime CPU latency of the result and of the dense FP32 baseline, timed in turn
+    within each repetition (:func:`~sparsify.export.inspect.measure_interleaved`), per batch size:
+    the median and interquartile range of each, and of the speedup of each repetition.
 
-    result = measure_latency(model_onnx, make_inputs, batch_sizes=batch_sizes, runs=runs)
-    baseline = measure_latency(baseline_onnx, make_inputs, batch_sizes=batch_sizes, runs=runs)
+    Args:
+        make_inputs: ``batch -> inputs``; with ``lengths``, ``(batch, length=...) -> inputs``.
+        lengths: sequence lengths to time, by name, the deployment's first (text:
+            ``{"max_seq_length": 128, "data_p95": 41}``). The first length's entries are
+            ``batch_N``, another's ``batch_N_<name>``; each entry records its
+            ``sequence_length``.
+
+    Returns:
+        ``{"batch_N": entry}``, each entry with ``model_ms``, ``dense_fp32_baseline_ms`` and
+        ``speedup`` (medians) and each one's ``_p25`` and ``_p75``, and ``runs``.
+    """
+    if not lengths:
+        return _timed(model_onnx, baseline_onnx, make_inputs, batch_sizes, runs)
     out: dict[str, Any] = {}
-    for b in batch_sizes:
-        out[f"batch_{b}"] = {
-            "model_ms": round(result[b], 3),
-            "dense_fp32_baseline_ms": round(baseline[b], 3),
-            "speedup": round(baseline[b] / result[b], 3) if result[b] > 0 else None,
-        }
+    for i, (name, length) in enumerate(lengths.items()):
+        out.update(_timed(model_onnx, baseline_onnx, partial(make_inputs, length=length),
+                          batch_sizes, runs, suffix=f"_{name}" if i else "", length=length))
     return out
+
+
+def _timed(model_onnx: Path, baseline_onnx: Path,
+           make_inputs: Callable[[int], Mapping[str, np.ndarray]], batch_sizes: tuple[int, ...],
+           runs: int, suffix: str = "", length: int | None = None) -> dict[str, Any]:
+    from sparsify.export.inspect import measure_interleaved
+
+    times = measure_interleaved({"model": model_onnx, "baseline": baseline_onnx}, make_inputs,
+                                batch_sizes, runs=runs)
+    extra = {"sequence_length": length} if length is not None else {}
+    return {f"batch_{b}{suffix}": {**_latency_entry(t["model"], t["baseline"]), **extra}
+            for b, t in times.items()}
+
+
+def _latency_entry(model_ms: list[float], baseline_ms: list[float]) -> dict[str, Any]:
+    from sparsify.export.inspect import paired_speedups, quartiles
+
+    out: dict[str, Any] = {}
+    for key, values in (("model_ms", model_ms), ("dense_fp32_baseline_ms", baseline_ms),
+                        ("speedup", paired_speedups(model_ms, baseline_ms))):
+        p25, median, p75 = quartiles(values)
+        out.update({key: round(median, 3), f"{key}_p25": round(p25, 3),
+                    f"{key}_p75": round(p75, 3)})
+    return {**out, "runs": len(model_ms)}
+
+
+def _speedup_text(entry: Mapping[str, Any]) -> str:
+    """``"1.52x (1.31-1.70)"``: the median speedup and its interquartile range."""
+    return f"{entry['speedup']:.2f}x ({entry['speedup_p25']:.2f}-{entry['speedup_p75']:.2f})"
+
+
+def _where(key: str, entry: Mapping[str, Any]) -> str:
+    """``batch 1`` or ``batch 1 data p95 (41 tokens)``."""
+    tokens = f" ({entry['sequence_length']} tokens)" if "sequence_length" in entry else ""
+    return key.replace("_", " ") + tokens
 
 
 _SLOW_ADVICE = {
@@ -46,15 +94,21 @@ _SLOW_ADVICE = {
 
 def slow_int8_warning(latency: dict[str, Any], quantized: bool,
                       float_ops: Callable[[], dict[str, int]], family: str = "") -> str | None:
-    """A warning when an INT8 export is not faster than the dense FP32 baseline at some batch
-    size (a quantized graph that is not faster failed at its purpose), naming the operators
-    that ran in float between Quantize/Dequantize pairs (``float_ops`` is called only then)."""
-    slow = {k: v["speedup"] for k, v in latency.items()
-            if v.get("speedup") is not None and v["speedup"] < 1.0}
+    """A warning when an INT8 export is slower than the dense FP32 baseline at some batch size
+    (a quantized graph that is not faster failed at its purpose), naming the operators that ran
+    in float between Quantize/Dequantize pairs (``float_ops`` is called only then).
+
+    Slower means slower across the spread: the whole interquartile range of the paired speedups
+    (``speedup_p75``) lies below 1.0, i.e. in at least three of four repetitions the INT8 model
+    took longer than the baseline timed beside it. A range that straddles 1.0 warns of nothing:
+    the machine's noise is larger than the difference, and the summary shows the range.
+    """
+    slow = {k: v for k, v in latency.items() if v["speedup_p75"] < 1.0}
     if not quantized or not slow:
         return None
-    where = ", ".join(f"{v:.2f}x at {k.replace('_', ' ')}" for k, v in slow.items())
-    text = f"The INT8 model is not faster than the dense FP32 export on this machine ({where})."
+    where = ", ".join(f"{_speedup_text(v)} at {_where(k, v)}" for k, v in slow.items())
+    text = (f"The INT8 model is slower than the dense FP32 export on this machine ({where}; "
+            "median and interquartile range of the speedups, both timed in turn).")
     found = float_ops()
     if found:
         ops = ", ".join(f"{op} x{n}" for op, n in found.items())
@@ -197,9 +251,9 @@ def summary_table(metrics: dict[str, Any]) -> str:
                               f"{size['onnx_gzip_bytes'] / 1e6:.2f} MB (dense FP32 gzip "
                               f"{size['baseline_gzip_bytes'] / 1e6:.2f} MB)"))
     for key, lat in metrics["latency_onnxruntime_cpu"].items():
-        rows.append((f"latency {key.replace('_', ' ')}",
+        rows.append((f"latency {_where(key, lat)}",
                      f"{lat['model_ms']:.2f} ms vs dense FP32 {lat['dense_fp32_baseline_ms']:.2f} "
-                     f"ms: {lat['speedup']:.2f}x speedup"))
+                     f"ms: {_speedup_text(lat)} speedup"))
     width = max(len(r[0]) for r in rows)
     table = "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
     for warning in metrics.get("warnings", []):

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "sparsify.run")
 
 
-@pytest.mark.parametrize("sig, code, line", [(signal.SIGTERM, 143, "Terminated (SIGTERM)."),
-                                             (signal.SIGINT, 130, "Interrupted.")])
+@pytest.mark.parametrize("sig, code, line", [(signal.SIGTERM, 143, "Terminated (SIGTERM)"),
+                                             (signal.SIGINT, 130, "Interrupted")])
 def test_a_signal_during_training_stops_cleanly_and_keeps_the_folder(tmp_path, sig, code, line):
     make_synthetic_image_folder(tmp_path / "data", classes=("a", "b"), per_class=24, size=48,
                                 split=True, seed=0, val_per_class=4)
@@ -47,3 +47,8 @@ def test_a_signal_during_training_stops_cleanly_and_keeps_the_folder(tmp_path, s
     assert len(runs) == 1
     metrics = yaml.safe_load((runs[0] / "metrics.yaml").read_text())
     assert metrics["status"] == "interrupted" and metrics["failure"]["stage"] == "train"
+    # stopped at a step: a resumable checkpoint, and the folder says how to go on
+    command = f"sparsify.run sparse-transfer --resume {runs[0]}"
+    assert f"Resume with: {command}" in err
+    assert (runs[0] / "INCOMPLETE").read_text().strip() == command
+    assert (runs[0] / "training_artifacts" / "resume.pth").is_file()

@@ -373,8 +373,10 @@ def test_export_error_names_the_cause_and_leaves_no_file(tmp_path):
 def test_slow_int8_warning_names_the_float_operators():
     from sparsify.report import slow_int8_warning, summary_table
 
-    fast = {"batch_1": {"speedup": 2.1}, "batch_32": {"speedup": 1.4}}
-    slow = {"batch_1": {"speedup": 0.62}, "batch_32": {"speedup": 1.1}}
+    fast = {"batch_1": {"speedup": 2.1, "speedup_p25": 1.9, "speedup_p75": 2.3},
+            "batch_32": {"speedup": 1.4, "speedup_p25": 1.3, "speedup_p75": 1.5}}
+    slow = {"batch_1": {"speedup": 0.62, "speedup_p25": 0.6, "speedup_p75": 0.65},
+            "batch_32": {"speedup": 1.1, "speedup_p25": 1.0, "speedup_p75": 1.2}}
 
     def never():
         raise AssertionError("float ops looked up without need")
@@ -383,7 +385,7 @@ def test_slow_int8_warning_names_the_float_operators():
     assert slow_int8_warning(slow, False, never) is None  # FP32 export: nothing promised
     text = slow_int8_warning(slow, True, lambda: {"HardSigmoid": 28, "Mul": 20},
                              "image_classification")
-    assert "0.62x at batch 1" in text and "batch 32" not in text
+    assert "0.62x (0.60-0.65) at batch 1" in text and "batch 32" not in text
     assert "HardSigmoid x28, Mul x20" in text and "MobileNetV3" in text
     nlp = slow_int8_warning(slow, True, lambda: {"Gather": 3}, "token_classification")
     assert "embedding lookups" in nlp and "MobileNet" not in nlp
@@ -391,8 +393,8 @@ def test_slow_int8_warning_names_the_float_operators():
                "sparsity": {"overall": 0.78, "target": 0.78, "start": 0.0},
                "size": {"onnx_bytes": 1e6, "onnx_gzip_bytes": 5e5, "baseline_gzip_bytes": 4e6},
                "latency_onnxruntime_cpu": {
-                   "batch_1": {"model_ms": 2.0, "dense_fp32_baseline_ms": 1.24, "speedup": 0.62}}}
-    assert "Warning: The INT8 model is not faster" in summary_table(metrics)
+                   "batch_1": {"model_ms": 2.0, "dense_fp32_baseline_ms": 1.24, **slow["batch_1"]}}}
+    assert "Warning: The INT8 model is slower" in summary_table(metrics)
 
 
 def test_float_ops_on_dequantized_inputs_finds_operators_without_integer_kernels(tmp_path):

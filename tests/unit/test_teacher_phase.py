@@ -4,6 +4,7 @@ frozen, the student starting from it, and no teacher when it learned nothing."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,13 +23,14 @@ class FakeTask:
 
     def __init__(self, teacher_top1: float) -> None:
         self.model = nn.Linear(4, 3)
+        self.run_dir = Path("unused-run-folder")  # only a resumed run reads it
         self.teacher_top1 = teacher_top1
         self.calls: list[tuple[str, object]] = []
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         return {"top1": 0.40}
 
-    def train(self, recipe, teacher, phase="main") -> TrainResult:
+    def train(self, recipe, teacher, phase="main", resume=None) -> TrainResult:
         self.calls.append((phase, recipe))
         with torch.no_grad():
             self.model.weight.add_(1.0)

@@ -90,6 +90,17 @@ def image_probe(root: Path, kw: dict[str, Any], monkeypatch, model: str = "init.
 
     counted.real = post_step
 
+    from sparsify.trainers import resume
+
+    real_save = getattr(resume.save_resume, "real", resume.save_resume)
+    seen["resume_writes"] = 0
+
+    def counted_save(*args, **kwargs):
+        seen["resume_writes"] += 1
+        return real_save(*args, **kwargs)
+
+    counted_save.real = real_save
+    monkeypatch.setattr(resume, "save_resume", counted_save)
     monkeypatch.setattr(torch.utils.data, "DataLoader", RecordingLoader)
     monkeypatch.setattr(ic, "build_optimizer", recording_build)
     monkeypatch.setattr(ModifierLifecycle, "optim_post_step", counted)
@@ -125,6 +136,7 @@ IMAGE_PROBES: dict[str, tuple[Any, Any]] = {
     "val_fraction": (0.5, lambda s: s["sizes"]),
     "image_size": (16, lambda s: s["input"]),
     "arch_key": ("mobilenet_v3_small", lambda s: s["arch"]),
+    "checkpoint_steps": (2, lambda s: s["resume_writes"]),
 }
 
 
@@ -133,7 +145,8 @@ def test_image_key_changes_the_trainer(key, image_workspace, monkeypatch):
     value, observe = IMAGE_PROBES[key]
     model = "plain.pth" if key == "arch_key" else "init.pth"
     train = key in {"batch_size", "eval_batch_size", "num_workers", "learning_rate",
-                    "weight_decay", "optimizer", "gradient_accumulation_steps"}
+                    "weight_decay", "optimizer", "gradient_accumulation_steps",
+                    "checkpoint_steps"}
     default = image_probe(image_workspace, {}, monkeypatch, model, train)
     changed = image_probe(image_workspace, {key: value}, monkeypatch, model, train)
     assert observe(changed) != observe(default), f"{key}={value!r} changed nothing"
@@ -145,6 +158,8 @@ def test_image_key_changes_the_trainer(key, image_workspace, monkeypatch):
         assert observe(changed) == expected[key]
     if key == "gradient_accumulation_steps":  # 18 images, batches of 4: 5 steps, then 3
         assert (observe(default), observe(changed)) == (5, 3)
+    if key == "checkpoint_steps":  # one epoch of 5 steps: after steps 2 and 4
+        assert (observe(default), observe(changed)) == (0, 2)
     if key == "val_fraction":  # 20 images: 10% -> 2 held out, 50% -> 10
         assert (observe(default), observe(changed)) == ((18, 2), (10, 10))
 

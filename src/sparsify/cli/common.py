@@ -12,6 +12,7 @@ import click
 
 from sparsify.errors import SparsifyError
 from sparsify.rundir import launch_rank
+from sparsify.stop import Stopped, Terminated
 
 
 def _rank_prefix() -> str:
@@ -47,10 +48,6 @@ def fail_unexpected(exc: BaseException, debug: bool) -> NoReturn:
     sys.exit(1)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what schedulers and ``kill`` send), handled like Ctrl-C."""
-
-
 def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
 
@@ -69,6 +66,10 @@ def guarded(debug: bool, body: Callable[[], object]) -> None:
         body()
     except SparsifyError as error:
         fail(error, debug)
+    except Stopped as stop:  # a resumable checkpoint was written: the message says how to go on
+        click.echo(stop.message or ("Terminated (SIGTERM)." if stop.terminated
+                                    else "Interrupted."), err=True)
+        sys.exit(143 if stop.terminated else 130)
     except Terminated:
         click.echo("Terminated (SIGTERM).", err=True)
         sys.exit(143)

@@ -10,9 +10,11 @@ import logging
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from sparsify import __version__
 from sparsify.cli.common import guarded
+from sparsify.errors import UsageError
 from sparsify.plan import DEVICES_HELP
 
 _USE_CASE_HELP = (
@@ -61,10 +63,12 @@ def train_kwargs_command(use_case: str) -> None:
 
 
 @cli.command("sparse-transfer")
-@click.option("--use-case", required=True, metavar="USE_CASE", help=_USE_CASE_HELP)
-@click.option("--data", required=True, metavar="DATA",
+@click.option("--use-case", default=None, metavar="USE_CASE",
+              help=f"{_USE_CASE_HELP} Required unless --resume is given.")
+@click.option("--data", default=None, metavar="DATA",
               help="Training data: a local folder or file for the use case (ImageFolder tree, "
-                   "YOLO dataset YAML or folder, CSV/JSON/JSONL), or a named dataset.")
+                   "YOLO dataset YAML or folder, CSV/JSON/JSONL), or a named dataset. Required "
+                   "unless --resume is given.")
 @click.option("--model", default=None, metavar="MODEL",
               help="Starting model: a zoo: stub, a local folder or checkpoint, or a model name "
                    "(torchvision, Hugging Face Hub id, Ultralytics weights). Default: the "
@@ -101,11 +105,17 @@ def train_kwargs_command(use_case: str) -> None:
 @click.option("--dry-run", is_flag=True,
               help="Print the resolved plan (and recipe) as YAML and exit: no training, no "
                    "download, no folder created.")
+@click.option("--resume", default=None, metavar="RUN_DIR",
+              help="Continue an interrupted run (Ctrl-C, SIGTERM, a crash) in its own folder "
+                   "from its last checkpoint; 'latest' is the newest incomplete run folder in "
+                   "--working-dir. The run's own arguments are used; others given must match.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
-def sparse_transfer_command(use_case: str, data: str, model: str | None, optim_level: str,
-                            recipe: str | None, recipe_args: str | None, teacher: str,
-                            working_dir: str, train_kwargs: str | None, eval_metric: str | None,
-                            device: str, seed: int, dry_run: bool, debug: bool) -> None:
+@click.pass_context
+def sparse_transfer_command(ctx: click.Context, use_case: str | None, data: str | None,
+                            model: str | None, optim_level: str, recipe: str | None,
+                            recipe_args: str | None, teacher: str, working_dir: str,
+                            train_kwargs: str | None, eval_metric: str | None, device: str,
+                            seed: int, resume: str | None, dry_run: bool, debug: bool) -> None:
     """Fine-tune a (sparse) model on DATA for USE_CASE, keep or reach the sparsity of the optim
     level, quantize it and export an INT8 ONNX model with a metrics file.
 
@@ -125,6 +135,34 @@ def sparse_transfer_command(use_case: str, data: str, model: str | None, optim_l
         from sparsify.rundir import propose_run_dir
         from sparsify.usecases import resolve_use_case
 
+        work = Path(working_dir).expanduser()
+        if resume is not None:
+            from sparsify.pipeline import latest_incomplete, resume_run
+
+            run_dir = latest_incomplete(work) if resume == "latest" else Path(resume)
+            given = [name for name in ("model", "optim_level", "recipe", "recipe_args",
+                                       "teacher", "train_kwargs", "eval_metric", "device",
+                                       "seed")
+                     if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+            if given and use_case is None:
+                raise UsageError(f"--resume with --{given[0].replace('_', '-')} but without "
+                                 "--use-case: give the run's whole command line, or "
+                                 "--resume alone.")
+            if dry_run:
+                raise UsageError("--dry-run cannot be combined with --resume.")
+            plan = None
+            if use_case is not None:
+                uc = resolve_use_case(use_case)
+                plan = build_plan(
+                    uc, parse_optim_level(optim_level), model=model, recipe=recipe,
+                    recipe_args=parse_recipe_args(recipe_args),
+                    train_kwargs=parse_train_kwargs(train_kwargs, uc), teacher=teacher,
+                    device=parse_device(device), seed=seed, eval_metric=eval_metric)
+            resume_run(run_dir, plan, data)
+            return
+        if use_case is None or data is None:
+            raise UsageError(f"Missing option '--{'use-case' if use_case is None else 'data'}'.",
+                             hint="Give --use-case and --data (or --resume RUN_DIR).")
         uc = resolve_use_case(use_case)
         level = parse_optim_level(optim_level)
         plan = build_plan(
@@ -132,7 +170,6 @@ def sparse_transfer_command(use_case: str, data: str, model: str | None, optim_l
             train_kwargs=parse_train_kwargs(train_kwargs, uc), teacher=teacher,
             device=parse_device(device), seed=seed, eval_metric=eval_metric,
         )
-        work = Path(working_dir).expanduser()
         if dry_run:
             from sparsify.recipe.preview import preview_recipe
 

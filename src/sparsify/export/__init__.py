@@ -5,8 +5,8 @@ from __future__ import annotations
 from sparsify.export.onnx_export import export_onnx
 from sparsify.export.inspect import (
     INTEGER_KERNEL_OPS, compare_with_torch, count_qdq, float_ops_on_dequantized_inputs,
-    integer_kernel_count, measure_latency, onnx_weight_sparsity, optimized_graph_op_counts,
-    ort_session, run_onnx,
+    integer_kernel_count, measure_interleaved, measure_latency, onnx_weight_sparsity,
+    optimized_graph_op_counts, ort_session, run_onnx,
 )
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "export_onnx",
     "float_ops_on_dequantized_inputs",
     "integer_kernel_count",
+    "measure_interleaved",
     "measure_latency",
     "onnx_weight_sparsity",
     "optimized_graph_op_counts",

@@ -9,7 +9,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -264,6 +264,70 @@ def compare_with_torch(
     return result
 
 
+def measure_interleaved(
+    models: Mapping[str, str | os.PathLike[str]],
+    make_inputs: Callable[[int], Mapping[str, np.ndarray]],
+    batch_sizes: Iterable[int] = (1, 32),
+    warmup: int = 3,
+    runs: int = 20,
+    threads: int | None = None,
+) -> dict[int, dict[str, list[float]]]:
+    """Latency in milliseconds of every run of several ONNX files, timed in turn.
+
+    Every session is created before any is timed. Each repetition runs every model once on the
+    same inputs, in the reverse order every other repetition (A B, B A, A B...), so that no model
+    always runs first. Load from other processes that comes and goes then falls on all models
+    alike, and the ratio of two models' times in one repetition (:func:`paired_speedups`) stays
+    trustworthy on a busy machine, where timing one model after the other does not.
+
+    Args:
+        models: ``{name: ONNX file}``; the files take the same inputs.
+        make_inputs: ``batch_size -> {input name: array}``; called once per batch size.
+        batch_sizes: batch sizes to time.
+        warmup: untimed repetitions per batch size.
+        runs: timed repetitions per batch size.
+        threads: intra-op threads of every session (``None``: all cores).
+
+    Returns:
+        ``{batch_size: {name: [milliseconds of each repetition]}}``: index ``i`` of every list
+        comes from repetition ``i``.
+
+    Raises:
+        ValueError: ``runs`` is below 1.
+    """
+    if runs < 1:
+        raise ValueError(f"runs={runs} must be at least 1.")
+    sessions = {name: ort_session(path, threads=threads) for name, path in models.items()}
+    order = list(sessions)
+    result: dict[int, dict[str, list[float]]] = {}
+    for batch in batch_sizes:
+        feed = dict(make_inputs(int(batch)))
+        times: dict[str, list[float]] = {name: [] for name in order}
+        for rep in range(max(0, warmup) + runs):
+            for name in order if rep % 2 == 0 else reversed(order):
+                start = time.perf_counter()
+                sessions[name].run(None, feed)
+                if rep >= warmup:
+                    times[name].append((time.perf_counter() - start) * 1e3)
+        result[int(batch)] = times
+    return result
+
+
+def paired_speedups(model_ms: Sequence[float], baseline_ms: Sequence[float]) -> list[float]:
+    """``baseline / model`` of each repetition of :func:`measure_interleaved` (index ``i`` of
+    both lists timed in the same repetition)."""
+    if len(model_ms) != len(baseline_ms):
+        raise ValueError(f"{len(model_ms)} model times vs {len(baseline_ms)} baseline times: "
+                         "speedups pair the runs of one repetition.")
+    return [b / m for m, b in zip(model_ms, baseline_ms)]
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """``(25th percentile, median, 75th percentile)`` of ``values`` (linear interpolation)."""
+    p25, median, p75 = np.percentile(np.asarray(values, dtype=np.float64), (25, 50, 75))
+    return float(p25), float(median), float(p75)
+
+
 def measure_latency(
     onnx_path: str | os.PathLike[str],
     make_inputs: Callable[[int], Mapping[str, np.ndarray]],
@@ -272,37 +336,22 @@ def measure_latency(
     runs: int = 20,
     threads: int | None = None,
 ) -> dict[int, float]:
-    """Median latency in milliseconds per batch size, one ONNX Runtime session per call.
+    """Median latency in milliseconds per batch size of one model.
 
-    Measure the exported model and its dense FP32 baseline in the same process, one after the
-    other, with the same ``threads``: only ratios between such runs are meaningful.
+    To compare two models (an export and its dense baseline) time them together with
+    :func:`measure_interleaved`: two calls of this one in turn see different loads on a busy
+    machine.
 
     Args:
         onnx_path: the model.
-        make_inputs: ``batch_size -> {input name: array}``; called once per batch size.
-        batch_sizes: batch sizes to time.
-        warmup: untimed runs per batch size.
-        runs: timed runs per batch size.
-        threads: intra-op threads (``None``: all cores).
+        make_inputs, batch_sizes, warmup, runs, threads: as for :func:`measure_interleaved`.
 
     Returns:
         ``{batch_size: median milliseconds per run}``.
     """
-    if runs < 1:
-        raise ValueError(f"runs={runs} must be at least 1.")
-    session = ort_session(onnx_path, threads=threads)
-    result: dict[int, float] = {}
-    for batch in batch_sizes:
-        feed = dict(make_inputs(int(batch)))
-        for _ in range(max(0, warmup)):
-            session.run(None, feed)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            session.run(None, feed)
-            times.append((time.perf_counter() - start) * 1e3)
-        result[int(batch)] = statistics.median(times)
-    return result
+    times = measure_interleaved({"model": onnx_path}, make_inputs, batch_sizes, warmup, runs,
+                                threads)
+    return {batch: statistics.median(by_name["model"]) for batch, by_name in times.items()}
 
 
 def _is_zero_point(q: np.ndarray, zero_point: np.ndarray | None, axis: int) -> np.ndarray:

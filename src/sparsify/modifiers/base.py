@@ -88,6 +88,9 @@ class Modifier:
     controls_lr: ClassVar[bool] = False
     #: Whether the modifier runs until training ends whatever ``end_epoch`` says.
     until_end: ClassVar[bool] = False
+    #: Private attributes that change during training and that the model's and optimizer's
+    #: state dicts do not hold: a resumable checkpoint keeps them (:meth:`resume_state`).
+    resume_fields: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         for name in self.epoch_fields:
@@ -131,6 +134,11 @@ class Modifier:
     def on_restructure(self, state: ModifierState) -> None:
         """Give a fresh model the module structure this modifier gave the trained one when it
         started (QAT modules), so that a checkpoint taken after its start loads into it."""
+
+    def on_resume(self, state: ModifierState) -> None:
+        """Resuming a run after this modifier started: re-apply to the fresh model what its
+        state dict does not hold (by default, the structure of :meth:`on_restructure`)."""
+        self.on_restructure(state)
 
     # --- scheduling (owned by the base) ------------------------------------------------------
     @property
@@ -188,6 +196,20 @@ class Modifier:
         """:meth:`on_restructure`, for a checkpoint taken after this modifier started."""
         self._started = True
         self.on_restructure(state)
+
+    def resume_state(self) -> dict[str, Any]:
+        """What a resumable checkpoint keeps of this modifier: started / ended and its
+        :attr:`resume_fields` (masks, schedule positions)."""
+        names = ("_started", "_ended", *self.resume_fields)
+        return {name: getattr(self, name) for name in names if hasattr(self, name)}
+
+    def load_resume_state(self, state: ModifierState, saved: dict[str, Any]) -> None:
+        """After :meth:`initialize` on a fresh model: take back :meth:`resume_state`, then
+        :meth:`on_resume` when the modifier had started (before the state dict loads)."""
+        for name, value in saved.items():
+            setattr(self, name, value)
+        if self._started:
+            self.on_resume(state)
 
     def finalize(self, state: ModifierState) -> None:
         if self._finalized:

@@ -158,6 +158,27 @@ class ModifierLifecycle:
             self.modifiers[index].finalize(self.state)
         self._finalized = True
 
+    def resume_state(self) -> dict[str, Any]:
+        """The lifecycle's part of a resumable checkpoint: the step and each modifier's
+        :meth:`~sparsify.modifiers.base.Modifier.resume_state` (QAT's observer and BatchNorm
+        freezes are not kept: they are re-applied at the first event after resuming)."""
+        return {"step": self.step, "modifiers": [m.resume_state() for m in self.modifiers]}
+
+    def load_resume_state(self, saved: dict[str, Any]) -> None:
+        """After :meth:`initialize` on a fresh copy of the starting model, before the
+        checkpoint's state dict loads: the step, the modifiers' state, and the structure of
+        those that had started (QAT modules), so the state dict fits.
+
+        Raises:
+            ValueError: the checkpoint was written under a recipe with other modifiers.
+        """
+        if len(saved["modifiers"]) != len(self.modifiers):
+            raise ValueError(f"the checkpoint has {len(saved['modifiers'])} modifiers, the "
+                             f"recipe {len(self.modifiers)}")
+        self.step = int(saved["step"])
+        for modifier, state in zip(self.modifiers, saved["modifiers"]):
+            modifier.load_resume_state(self.state, state)
+
     def pruning_policy(self) -> list[str]:
         """The ``params`` selectors of the modifiers that hold masks (``__COMPUTE_LAYERS__``,
         ``__ALL_PRUNABLE__``, regexes...), for the report."""

@@ -57,6 +57,9 @@ class OBSPruningModifier(GMPruningModifier):
     #: Most memory (GB) the Fisher may take; ``None``: half of what is free on the weights'
     #: device (GPU memory, or host RAM) when the modifier is initialised.
     max_fisher_memory_gb: ClassVar[float | None] = None
+    # a run resumed while gradients were being collected collects them again (the Fisher
+    # itself is not checkpointed: it can take gigabytes)
+    resume_fields: ClassVar[tuple[str, ...]] = (*GMPruningModifier.resume_fields, "_pending")
 
     def __post_init__(self) -> None:
         # SparseML reads ``damp: 1e-7`` (a string to YAML 1.1) as a number; so do we.

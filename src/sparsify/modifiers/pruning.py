@@ -25,6 +25,8 @@ FROM_PARAM = "__FROM_PARAM__"
 class _MaskingModifier(Modifier):
     """Holds masks by parameter name and applies them after each optimizer step."""
 
+    resume_fields: ClassVar[tuple[str, ...]] = ("_masks",)
+
     def _params(self, state: ModifierState) -> dict[str, Any]:
         if getattr(self, "_version", None) != state.structure_version:
             params = dict(state.model.named_parameters())
@@ -94,6 +96,7 @@ class GMPruningModifier(_MaskingModifier):
     global_sparsity: bool = False
 
     global_default: ClassVar[bool] = False
+    resume_fields: ClassVar[tuple[str, ...]] = ("_masks", "_inits", "_n_updates")
 
     def __post_init__(self) -> None:
         if self.global_default:

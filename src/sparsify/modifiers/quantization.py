@@ -166,6 +166,10 @@ class QuantizationModifier(Modifier):
         prepare_qat_(state.model, self.quantization_config(state.float_modules))
         state.structure_version += 1
         state.quantized = True
+        # a resumed run freezes observers and BatchNorm again at its first event, on these
+        # new modules (the freezes are module flags, not state-dict entries)
+        self._observers_frozen = False
+        self._bn_frozen = False
 
     def on_event(self, state: ModifierState, event: Event) -> None:
         from sparsify.quantization import disable_observers_, freeze_bn_stats_

@@ -183,6 +183,8 @@ class TrainableParamsModifier(Modifier):
     params: Any
     trainable: bool = False
 
+    resume_fields: ClassVar[tuple[str, ...]] = ("_previous",)
+
     def validate(self) -> None:
         check_selector("params", self.params)
         if not isinstance(self.trainable, bool):
@@ -195,6 +197,11 @@ class TrainableParamsModifier(Modifier):
         self._previous = {name: p.requires_grad for name, p in self._targets.items()}
         for p in self._targets.values():
             p.requires_grad_(self.trainable)
+
+    def on_resume(self, state: ModifierState) -> None:
+        if not self.ended:  # requires_grad is not in a state dict
+            for p in self._targets.values():
+                p.requires_grad_(self.trainable)
 
     def on_end(self, state: ModifierState, event: Event) -> None:
         for name, p in self._targets.items():

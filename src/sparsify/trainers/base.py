@@ -155,10 +155,11 @@ class Task(Protocol):
     def load_teacher(self, choice: ModelChoice) -> nn.Module:
         """A distillation teacher, loaded like ``--model`` for this run's labels."""
 
-    def train(self, recipe: Recipe, teacher: nn.Module | None, phase: str = "main"
-              ) -> TrainResult:
+    def train(self, recipe: Recipe, teacher: nn.Module | None, phase: str = "main",
+              resume: Path | None = None) -> TrainResult:
         """Fine-tune ``model`` under the recipe's lifecycle; checkpoints in the run folder
-        (``phase`` ``teacher``: in ``training_artifacts/teacher/``)."""
+        (``phase`` ``teacher``: in ``training_artifacts/teacher/``); ``resume``: continue
+        from a resumable checkpoint (:mod:`sparsify.trainers.resume`) of this phase."""
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         """The task metrics of ``model`` on the whole validation set."""

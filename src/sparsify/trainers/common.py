@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +87,43 @@ def prunable_sparsity(model: nn.Module, names: list[str] | None = None) -> dict[
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary name, then rename (never a half-written checkpoint)."""
+    """``torch.save`` to a temporary name, then rename (never a half-written checkpoint).
+
+    Raises:
+        TrainingError: the disk is full (the file and the space it needed named; the
+            checkpoint it would have replaced is intact).
+    """
+    import errno
+
+    from sparsify.errors import TrainingError
+
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc) \
+            or "file write failed" in str(exc)
+        tmp.unlink(missing_ok=True)
+        if not full:
+            raise
+        need = sum(t.numel() * t.element_size() for t in _tensors(payload))
+        free = shutil.disk_usage(path.parent).free
+        raise TrainingError(
+            f"No space left on the device writing {path} (about {need / 2**20:.0f} MB needed, "
+            f"{free / 2**20:.0f} MB free).",
+            hint="Free some space (or use --working-dir on another disk) and resume: the last "
+                 "complete checkpoint is intact.") from None
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
 
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsify.errors import DataError, ModelNotFoundError, TrainingError
+from sparsify.errors import DataError, ModelNotFoundError, TrainingError, UsageError
 from sparsify.families import settings_for
 from sparsify.plan import Plan
 from sparsify.quantization import QATSiLU  # noqa: F401 - old checkpoints pickled it here
@@ -201,10 +201,13 @@ class DetectionTask:
     def load_teacher(self, choice: Any) -> nn.Module:
         return load_yolo_model(choice, self.task, len(self.class_names)).model
 
-    def train(self, recipe: Any, teacher: nn.Module | None = None, phase: str = "main"
-              ) -> TrainResult:
+    def train(self, recipe: Any, teacher: nn.Module | None = None, phase: str = "main",
+              resume: Path | None = None) -> TrainResult:
         """Train under the recipe (YOLO has one phase: no teacher of its own, see
         ``Family.distills``)."""
+        if resume is not None:
+            raise UsageError(f"{self.plan.use_case.id}: resuming a run is not supported yet "
+                             "with the Ultralytics trainer.", hint="Start the run again.")
         from sparsify.modifiers.lifecycle import ModifierLifecycle
 
         if teacher is not None:

@@ -95,16 +95,25 @@ class ImageClassificationTask:
         return loaded.model
 
     # --- training ----------------------------------------------------------------------------
-    def train(self, recipe: Any, teacher: nn.Module | None = None, phase: str = "main"
-              ) -> TrainResult:
+    def train(self, recipe: Any, teacher: nn.Module | None = None, phase: str = "main",
+              resume: Path | None = None) -> TrainResult:
         """Train ``model`` under the recipe; ``phase`` ``teacher`` keeps its checkpoints and
-        logs in ``teacher/`` subfolders (the dense teacher of ``--teacher auto``)."""
+        logs in ``teacher/`` subfolders (the dense teacher of ``--teacher auto``).
+
+        A resumable checkpoint (:func:`~sparsify.trainers.resume.save_resume`) is written at
+        the end of every epoch, every ``checkpoint_steps`` optimizer steps when set, and when
+        a signal asks training to stop (:mod:`sparsify.stop`); ``resume`` continues from one.
+        """
         from accelerate import Accelerator
         from torch.utils.data import DataLoader
         from torch.utils.tensorboard import SummaryWriter
         from tqdm.auto import tqdm
 
+        from sparsify import stop
         from sparsify.modifiers.lifecycle import ModifierLifecycle
+        from sparsify.trainers.resume import (
+            load_resume, rng_state, save_resume, set_rng_state, stop_requested,
+        )
 
         settings, plan = self.settings, self.plan
         device = resolve_device(plan.device)
@@ -151,68 +160,129 @@ class ImageClassificationTask:
         writer = SummaryWriter(str(logs)) if accelerator.is_main_process else None
         metric_name = plan.eval_metric
         best: dict[str, float] = {}
-        best_epoch, history = -1, []
-        started = time.monotonic()
-        for epoch in range(epochs):
-            model.train()
-            lifecycle.epoch_start()
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
-                       disable=not accelerator.is_main_process, dynamic_ncols=True, leave=True)
-            running, seen = 0.0, 0
-            for index, (images, targets) in enumerate(batches(train_loader)):
-                lifecycle.batch_start()
-                use_amp = amp_dtype is not None and not lifecycle.qat_active
-                context = (torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext())
-                with context:
-                    outputs = model(images)
-                    loss = F.cross_entropy(outputs, targets)
-                loss = lifecycle.loss_calculated(loss, images, outputs)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"The loss became {float(loss)} at epoch {lifecycle.epoch:.2f}.",
-                        hint="Lower the learning rate (--recipe-args init_lr=...) or check the data.")
-                accelerator.backward(loss / accum)
-                running += float(loss.detach()) * images.shape[0]
-                seen += images.shape[0]
-                last = index + 1 == len(train_loader)
-                if (index + 1) % accum == 0 or last:
-                    lifecycle.optim_pre_step()
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    lifecycle.optim_post_step()
-                    if scheduler is not None:
-                        scheduler.step()
-                    lifecycle.batch_end()
-                    current_lr = optimizer.param_groups[0]["lr"]
-                    bar.set_postfix(loss=f"{running / max(seen, 1):.4f}", lr=f"{current_lr:.2e}",
-                                    qat="on" if lifecycle.qat_active else "off")
-                    bar.update(1)
-                    if writer:
-                        writer.add_scalar("train/loss", float(loss.detach()), lifecycle.step)
-                        writer.add_scalar("train/lr", current_lr, lifecycle.step)
-            bar.close()
-            lifecycle.epoch_end()
-            metrics = self.evaluate(model, val_loader, accelerator)
-            metrics["train_loss"] = running / max(seen, 1)
-            metrics["sparsity"] = prunable_sparsity(
-                accelerator.unwrap_model(model), lifecycle.masked_parameter_names() or None
-            )["overall"]
-            history.append({"epoch": epoch + 1, **metrics})
-            logger.info("epoch %d/%d: %s", epoch + 1, epochs,
-                        ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-            if writer:
-                for key, value in metrics.items():
-                    writer.add_scalar(f"val/{key}", value, epoch + 1)
-            better = (not best or (metrics[metric_name] < best[metric_name] if metric_name == "loss"
-                                   else metrics[metric_name] >= best[metric_name]))
+        best_epoch, history, first_epoch, skip, spent = -1, [], 0, 0, 0.0
+        if resume is not None:
+            saved = load_resume(resume, recipe)
+            lifecycle.load_resume_state(saved["lifecycle"])
+            accelerator.unwrap_model(model).load_state_dict(saved["state_dict"])
+            optimizer.load_state_dict(saved["optimizer"])
+            if scheduler is not None and saved.get("scheduler"):
+                scheduler.load_state_dict(saved["scheduler"])
+            best, best_epoch, history = saved["best"], saved["best_epoch"], saved["history"]
+            first_epoch, skip, spent = saved["epoch"], saved["step_in_epoch"], saved["seconds"]
+            gen.set_state(saved["epoch_generator"])
+            logger.info("Resuming %s training at epoch %d, step %d of %d (%s)", phase,
+                        first_epoch + 1, skip, steps_per_epoch, resume)
+        started = time.monotonic() - spent
+        every = settings.checkpoint_steps
+
+        def checkpoint(epoch: int, step_in_epoch: int, epoch_generator: torch.Tensor,
+                       epoch_rng: dict[str, Any], running: tuple[float, int] = (0.0, 0)
+                       ) -> None:
             if accelerator.is_main_process:
-                payload = self._checkpoint(accelerator.unwrap_model(model), recipe, epoch + 1,
-                                           metrics, lifecycle)
-                save_checkpoint(artifacts / "model_last.pth", payload)
+                save_resume(artifacts, {
+                    "state_dict": accelerator.unwrap_model(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "lifecycle": lifecycle.resume_state(), "recipe": recipe.to_yaml(),
+                    "epoch": epoch, "step_in_epoch": step_in_epoch,
+                    "epoch_generator": epoch_generator, "epoch_rng": epoch_rng,
+                    "rng": rng_state(),
+                    "running": running,
+                    "best": best, "best_epoch": best_epoch, "history": history,
+                    "seconds": time.monotonic() - started, "phase": phase})
+
+        with stop.graceful():
+            for epoch in range(first_epoch, epochs):
+                # the shuffle of this epoch and the random state its first batch is drawn with:
+                # a resume replays the batches before its checkpoint from them
+                if resume is not None:
+                    set_rng_state(saved["epoch_rng"])
+                epoch_generator, epoch_rng = gen.get_state(), rng_state()
+                model.train()
+                lifecycle.epoch_start()
+                bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
+                           unit="step", disable=not accelerator.is_main_process,
+                           dynamic_ncols=True, leave=True, initial=skip)
+                running, seen, done = 0.0, 0, skip
+                if resume is not None:
+                    running, seen = saved["running"]
+                loader_iter = iter(batches(train_loader))
+                for _ in range(skip * accum):  # the batches trained before the checkpoint
+                    next(loader_iter)
+                if resume is not None:  # as the checkpoint left it, for what follows
+                    set_rng_state(saved["rng"])
+                    resume = None
+                for index, (images, targets) in enumerate(loader_iter, start=skip * accum):
+                    lifecycle.batch_start()
+                    use_amp = amp_dtype is not None and not lifecycle.qat_active
+                    context = (torch.autocast("cuda", dtype=amp_dtype) if use_amp
+                               else nullcontext())
+                    with context:
+                        outputs = model(images)
+                        loss = F.cross_entropy(outputs, targets)
+                    loss = lifecycle.loss_calculated(loss, images, outputs)
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            f"The loss became {float(loss)} at epoch {lifecycle.epoch:.2f}.",
+                            hint="Lower the learning rate (--recipe-args init_lr=...) or check "
+                                 "the data.")
+                    accelerator.backward(loss / accum)
+                    running += float(loss.detach()) * images.shape[0]
+                    seen += images.shape[0]
+                    last = index + 1 == len(train_loader)
+                    if (index + 1) % accum == 0 or last:
+                        lifecycle.optim_pre_step()
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        lifecycle.optim_post_step()
+                        if scheduler is not None:
+                            scheduler.step()
+                        lifecycle.batch_end()
+                        done += 1
+                        current_lr = optimizer.param_groups[0]["lr"]
+                        bar.set_postfix(loss=f"{running / max(seen, 1):.4f}",
+                                        lr=f"{current_lr:.2e}",
+                                        qat="on" if lifecycle.qat_active else "off")
+                        bar.update(1)
+                        if writer:
+                            writer.add_scalar("train/loss", float(loss.detach()), lifecycle.step)
+                            writer.add_scalar("train/lr", current_lr, lifecycle.step)
+                        halt = not last and stop_requested()  # once per step: every rank
+                        if halt or (not last and every and done % every == 0):
+                            checkpoint(epoch, done, epoch_generator, epoch_rng, (running, seen))
+                        if halt:
+                            bar.close()
+                            raise stop.stop_now()
+                bar.close()
+                lifecycle.epoch_end()
+                metrics = self.evaluate(model, val_loader, accelerator)
+                metrics["train_loss"] = running / max(seen, 1)
+                metrics["sparsity"] = prunable_sparsity(
+                    accelerator.unwrap_model(model), lifecycle.masked_parameter_names() or None
+                )["overall"]
+                history.append({"epoch": epoch + 1, **metrics})
+                logger.info("epoch %d/%d: %s", epoch + 1, epochs,
+                            ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+                if writer:
+                    for key, value in metrics.items():
+                        writer.add_scalar(f"val/{key}", value, epoch + 1)
+                better = (not best or (metrics[metric_name] < best[metric_name]
+                                       if metric_name == "loss"
+                                       else metrics[metric_name] >= best[metric_name]))
                 if better:
-                    save_checkpoint(artifacts / "model_best.pth", payload)
-            if better:
-                best, best_epoch = dict(metrics), epoch + 1
+                    best, best_epoch = dict(metrics), epoch + 1
+                if accelerator.is_main_process:
+                    payload = self._checkpoint(accelerator.unwrap_model(model), recipe, epoch + 1,
+                                               metrics, lifecycle)
+                    save_checkpoint(artifacts / "model_last.pth", payload)
+                    if better:
+                        save_checkpoint(artifacts / "model_best.pth", payload)
+                skip = 0
+                if epoch + 1 < epochs:
+                    checkpoint(epoch + 1, 0, gen.get_state(), rng_state())
+                    if stop_requested():
+                        raise stop.stop_now()
         lifecycle.finalize()
         if writer:
             writer.close()

@@ -174,10 +174,13 @@ class NLPTask:
         return {k: v for k, v in batch.items() if k in keys}
 
     # --- training ----------------------------------------------------------------------------
-    def train(self, recipe: Any, teacher: nn.Module | None = None, phase: str = "main"
-              ) -> TrainResult:
+    def train(self, recipe: Any, teacher: nn.Module | None = None, phase: str = "main",
+              resume: Path | None = None) -> TrainResult:
         """Train ``model`` under the recipe; ``phase`` ``teacher`` keeps its checkpoints and
         logs in ``teacher/`` subfolders (the dense teacher of ``--teacher auto``)."""
+        if resume is not None:
+            raise UsageError(f"{self.plan.use_case.id}: resuming a run is not supported yet "
+                             "with the Hugging Face trainer.", hint="Start the run again.")
         from transformers import TrainingArguments
 
         from sparsify.modifiers.lifecycle import ModifierLifecycle
