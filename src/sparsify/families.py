@@ -123,13 +123,15 @@ class Family:
     defaults: dict[str, Any] = field(default_factory=dict)
     #: whether the trainer distils from a teacher (``--teacher auto`` trains one first)
     distills: bool = True
+    #: whether the trainer writes resumable checkpoints (``sparse-transfer --resume``)
+    resumable: bool = False
 
 
 FAMILIES: dict[str, Family] = {f.id: f for f in (
     Family("image_classification",
            "sparsify.trainers.image_classification:run_image_classification",
            ("torchvision", "PIL"), "top1", ImageSettings,
-           {"batch_size": 32, "val_fraction": 0.1}),
+           {"batch_size": 32, "val_fraction": 0.1}, resumable=True),
     Family("text_classification", "sparsify.trainers.nlp:run_nlp", ("transformers", "datasets"),
            "accuracy", TextClassificationSettings,
            {"batch_size": 16, "learning_rate": 5e-5, "weight_decay": 0.01, "num_workers": 0,

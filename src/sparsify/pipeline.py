@@ -1,4 +1,5 @@
-"""``sparse_transfer``: the stages of a run, in order (see docs/ARCHITECTURE.md)."""
+"""``sparse_transfer``: the stages of a run, in order (see docs/ARCHITECTURE.md); resuming a
+run and exporting one again are in :mod:`sparsify.rerun`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import dataclasses
 import importlib
 import logging
 import os
-import shlex
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +16,9 @@ import click
 
 from sparsify.errors import MissingExtraError, SparsifyError, UsageError
 from sparsify.plan import SPARSE_MODEL_THRESHOLD, Plan, choose_recipe, plan_to_yaml
-from sparsify.rundir import create_run_dir, launch_rank, write_text_atomic
+from sparsify.rundir import (
+    INCOMPLETE, create_run_dir, launch_rank, resume_command, run_log, write_text_atomic,
+)
 from sparsify.stop import Stopped
 from sparsify.families import FAMILIES
 from sparsify.trainers.base import Task, TrainResult
@@ -162,15 +164,9 @@ def sparse_transfer(plan: Plan, data: str, working_dir: Path) -> Path:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return run_dir
-    file_log = logging.FileHandler(run_dir / "run.log")
     (run_dir / "logs").mkdir()
-    file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(file_log)
-    try:
+    with run_log(run_dir):
         return _stages(plan, data, run_dir, build_task, distributed=world > 1)
-    finally:
-        logging.getLogger().removeHandler(file_log)
-        file_log.close()
 
 
 Prepared = tuple[Task, Plan, "Recipe", "nn.Module | None"]
@@ -267,7 +263,10 @@ def _stages(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder, main:
         write_text_atomic(run_dir / "plan.yaml", plan_to_yaml(plan, record))
         write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
     if main:
-        write_text_atomic(run_dir / INCOMPLETE, f"{resume_command(run_dir)}\n")
+        write_text_atomic(run_dir / INCOMPLETE, (
+            f"{resume_command(run_dir)}\n" if FAMILIES[plan.use_case.family].resumable
+            else f"Training did not finish; {plan.use_case.id} runs cannot be resumed yet: "
+                 "start the run again.\n"))
     artifacts = run_dir / "training_artifacts"
     dense = None
     try:
@@ -299,91 +298,6 @@ def _stages(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder, main:
     train.save(artifacts / TRAIN_RESULT)
     (run_dir / INCOMPLETE).unlink(missing_ok=True)
     return export_and_report(plan, task, train, run_dir, dense)
-
-
-#: the mark of a run folder whose training has not finished (it holds the resume command)
-INCOMPLETE = "INCOMPLETE"
-
-
-def resume_command(run_dir: Path) -> str:
-    return f"sparsify.run sparse-transfer --resume {shlex.quote(str(run_dir))}"
-
-
-def latest_incomplete(working_dir: Path) -> Path:
-    """``--resume latest``: the newest run folder of ``working_dir`` marked ``INCOMPLETE``.
-
-    Raises:
-        UsageError: there is none.
-    """
-    marked = sorted((p.parent for p in working_dir.expanduser().glob(f"*/{INCOMPLETE}")),
-                    key=lambda p: p.stat().st_mtime)
-    if not marked:
-        raise UsageError(f"No run folder in {working_dir} is incomplete: nothing to resume.",
-                         hint="Pass the run folder: --resume RUN_DIR.")
-    return marked[-1]
-
-
-#: plan.yaml fields a resumed run must share with the command line, when it gives them
-_RESUME_FIELDS = ("use_case", "optim_level", "teacher", "train_kwargs", "eval_metric",
-                  "device", "seed")
-
-
-def resume_run(run_dir: Path, given: Plan | None = None, data: str | None = None) -> Path:
-    """``sparse-transfer --resume RUN_DIR``: continue an interrupted run in its own folder from
-    its last resumable checkpoint (the teacher phase too, with ``--teacher auto``), then
-    export and report as an uninterrupted run would.
-
-    Raises:
-        UsageError: not a run folder, a finished run ("already complete"), or ``given`` (the
-            command line's plan) or ``data`` differing from what the run recorded (every
-            difference listed).
-    """
-    import yaml
-
-    from sparsify.plan import plan_from_dict
-    from sparsify.trainers.common import resolve_device
-
-    run_dir = run_dir.expanduser().resolve()
-    plan_file = run_dir / "plan.yaml"
-    if not plan_file.is_file() or not (run_dir / "recipe.yaml").is_file():
-        raise UsageError(f"{run_dir} is not a sparse-transfer run folder (no plan.yaml and "
-                         "recipe.yaml in it).",
-                         hint="Pass the folder a run printed as 'Run folder:'.")
-    if not (run_dir / INCOMPLETE).is_file():
-        raise UsageError(f"{run_dir} is already complete: its training finished.",
-                         hint=f"Export it again with: sparsify.run export {run_dir}")
-    recorded = yaml.safe_load(plan_file.read_text(encoding="utf-8")) or {}
-    plan = plan_from_dict(recorded)
-    differences = []
-    if given is not None:
-        mine = given.to_dict()
-        differences = [f"{key}: {mine.get(key)!r} (recorded {recorded.get(key)!r})"
-                       for key in _RESUME_FIELDS if mine.get(key) != recorded.get(key)]
-        if mine["model"]["spec"] != recorded.get("model", {}).get("spec"):
-            differences.append(f"model: {mine['model']['spec']!r} (recorded "
-                               f"{recorded.get('model', {}).get('spec')!r})")
-        if given.recipe_args != recorded.get("recipe", {}).get("args"):
-            differences.append(f"recipe_args: {given.recipe_args!r} (recorded "
-                               f"{recorded.get('recipe', {}).get('args')!r})")
-    if data is not None and data not in (recorded.get("data"), recorded.get("data_path")):
-        differences.append(f"data: {data!r} (recorded {recorded.get('data')!r})")
-    if differences:
-        raise UsageError(f"The arguments differ from those {run_dir.name} was started with: "
-                         f"{'; '.join(differences)}.",
-                         hint="Resume with --resume RUN_DIR alone (the run's own arguments), "
-                              "or start a new run.")
-    resolve_device(plan.device)
-    build_task = load_task_builder(plan)
-    file_log = logging.FileHandler(run_dir / "run.log")
-    file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(file_log)
-    click.echo(f"Resuming: {run_dir}")
-    try:
-        return _stages(plan, str(recorded.get("data_path") or recorded.get("data", "")),
-                       run_dir, build_task, resume=True)
-    finally:
-        logging.getLogger().removeHandler(file_log)
-        file_log.close()
 
 
 TRAIN_RESULT = "train_result.json"
@@ -525,27 +439,6 @@ def export_and_report(plan: Plan, task: Task, train: TrainResult, run_dir: Path,
     return run_dir
 
 
-def _check_same_split(recorded: Path, now: Path) -> None:
-    """Warn when the data no longer splits as it did in training: the validation set the
-    export is checked on is then another one."""
-    import json
-
-    def sides(path: Path) -> tuple[object, object] | None:
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(record, dict) or record.get("format") != 1:
-            return None  # an older record format: nothing to compare with
-        return record.get("train"), record.get("val")
-
-    old, new = sides(recorded), sides(now)
-    if old is not None and new is not None and old != new:
-        logger.warning("The data split differs from the one recorded in %s (the data changed "
-                       "since training): the export is checked on the current validation "
-                       "set.", recorded)
-
-
 def _replace_dir(source: Path, target: Path) -> None:
     """Move ``source`` to ``target``; an existing ``target`` is kept as ``target.previous_N``."""
     if target.exists():
@@ -556,59 +449,3 @@ def _replace_dir(source: Path, target: Path) -> None:
         target.rename(keep)
         logger.info("The earlier %s is kept as %s", target.name, keep.name)
     source.rename(target)
-
-
-def export_run(run_dir: Path, checkpoint: Path | None = None) -> Path:
-    """``sparsify.run export RUN_DIR``: export and report a run again from its checkpoint.
-
-    The run's ``plan.yaml`` and ``recipe.yaml`` rebuild the task (data checks, the starting
-    model) in a scratch folder; the checkpoint's weights load into it with the structure
-    training gave them; export and report go into ``run_dir`` as at the end of training (an
-    earlier ``deployment/`` is kept as ``deployment.previous_N``).
-
-    Raises:
-        UsageError: ``run_dir`` is not a run folder.
-        SparsifyError: the data, the model, the checkpoint or the export failed.
-    """
-    import tempfile
-
-    import yaml
-
-    from sparsify.plan import plan_from_dict
-    from sparsify.recipe.parser import load_recipe
-
-    run_dir = run_dir.expanduser().resolve()
-    plan_file, recipe_file = run_dir / "plan.yaml", run_dir / "recipe.yaml"
-    if not plan_file.is_file() or not recipe_file.is_file():
-        raise UsageError(f"{run_dir} is not a sparse-transfer run folder (no plan.yaml and "
-                         "recipe.yaml in it).",
-                         hint="Pass the folder a run printed as 'Run folder:'.")
-    recorded = yaml.safe_load(plan_file.read_text(encoding="utf-8")) or {}
-    plan = plan_from_dict(recorded)
-    recipe = load_recipe(str(recipe_file))
-    build_task = load_task_builder(plan)
-    file_log = logging.FileHandler(run_dir / "run.log")
-    file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(file_log)
-    scratch = Path(tempfile.mkdtemp(prefix="sparsify-export-"))
-    try:
-        logger.info("Export again from %s", run_dir)
-        task = build_task(plan, str(recorded.get("data_path") or recorded.get("data", "")),
-                          scratch)
-        _check_same_split(run_dir / "data_split.json", scratch / "data_split.json")
-        task.load_model()
-        meta = task.restore(recipe, run_dir / "training_artifacts", checkpoint)
-        saved = run_dir / "training_artifacts" / TRAIN_RESULT
-        if saved.is_file():
-            train = TrainResult.load(saved)
-        else:  # a run that stopped before writing it: the checkpoint's own figures
-            metrics = {k: float(v) for k, v in (meta.get("metrics") or {}).items()}
-            epoch = int(meta.get("epoch", 0))
-            train = TrainResult(metrics, metrics, epoch, epoch)
-        teacher_file = run_dir / "training_artifacts" / "teacher" / TRAIN_RESULT
-        dense = TrainResult.load(teacher_file) if teacher_file.is_file() else None
-        return export_and_report(plan, task, train, run_dir, dense)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        logging.getLogger().removeHandler(file_log)
-        file_log.close()

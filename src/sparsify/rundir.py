@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
+import shlex
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+#: the mark of a run folder whose training has not finished (it says how to go on)
+INCOMPLETE = "INCOMPLETE"
 
 
 def launch_rank() -> tuple[int, int]:
@@ -66,3 +73,21 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that resumes the run in ``run_dir``."""
+    return f"sparsify.run sparse-transfer --resume {shlex.quote(str(run_dir))}"
+
+
+@contextmanager
+def run_log(run_dir: Path) -> Iterator[None]:
+    """Append every log record to ``run_dir/run.log`` while the block runs."""
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()

@@ -93,7 +93,7 @@ def test_resumed_run_ends_bit_identical(workspace, uninterrupted, monkeypatch, s
         first.train(recipe)
     monkeypatch.undo()
     artifacts = first.run_dir / "training_artifacts"
-    saved = torch.load(find_resume(artifacts), weights_only=False)
+    saved = torch.load(find_resume(artifacts), weights_only=True)
     assert saved["lifecycle"]["step"] == stop_at, where
     # a fresh process: the starting model again, then the checkpoint
     second = _task(workspace, f"resumed_{stop_at}")
@@ -115,8 +115,8 @@ def test_checkpoints_keep_the_last_two_and_fall_back(workspace, monkeypatch):
     with pytest.raises(Stopped):
         task.train(parse_recipe(RECIPE))
     artifacts = task.run_dir / "training_artifacts"
-    newest = torch.load(artifacts / RESUME, weights_only=False)
-    previous = torch.load(artifacts / PREVIOUS, weights_only=False)
+    newest = torch.load(artifacts / RESUME, weights_only=True)
+    previous = torch.load(artifacts / PREVIOUS, weights_only=True)
     assert (previous["lifecycle"]["step"], newest["lifecycle"]["step"]) == (2, 3)
     # a newest checkpoint cut short by a crash: the one before it is used
     (artifacts / RESUME).write_bytes((artifacts / RESUME).read_bytes()[:1000])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from sparsify.cli.main import cli
-from sparsify.pipeline import INCOMPLETE
+from sparsify.rundir import INCOMPLETE
 from sparsify.plan import build_plan, plan_to_yaml
 from sparsify.recipe.parser import load_recipe
 from sparsify.usecases import resolve_use_case
@@ -56,7 +56,7 @@ def test_not_a_run_folder_and_nothing_to_resume(tmp_path):
 
 
 def test_latest_is_the_newest_incomplete_folder(tmp_path):
-    from sparsify.pipeline import latest_incomplete
+    from sparsify.rerun import latest_incomplete
 
     run = _run_folder(tmp_path)
     assert latest_incomplete(tmp_path / "work") == run
@@ -65,3 +65,13 @@ def test_latest_is_the_newest_incomplete_folder(tmp_path):
 def test_use_case_and_data_are_required_without_resume(tmp_path):
     assert "Missing option '--use-case'" in _invoke("--data", str(tmp_path))
     assert "Missing option '--data'" in _invoke("--use-case", "ic")
+
+
+def test_a_use_case_that_cannot_resume_is_refused_before_anything_runs(tmp_path):
+    run = tmp_path / "work" / "sparse_transfer_sentiment_analysis_2026_01_01_00_00_00"
+    run.mkdir(parents=True)
+    plan = build_plan(resolve_use_case("sentiment_analysis"), 0.5, model="bert-base-uncased")
+    (run / "plan.yaml").write_text(plan_to_yaml(plan, {"data": str(tmp_path / "missing")}))
+    (run / "recipe.yaml").write_text(load_recipe(plan.recipe, plan.recipe_args).to_yaml())
+    (run / INCOMPLETE).write_text("Training did not finish.\n")
+    assert "cannot be resumed yet" in _invoke("--resume", str(run))

@@ -50,75 +50,61 @@ def image_workspace(tmp_path_factory):
     return root
 
 
-def image_probe(root: Path, kw: dict[str, Any], monkeypatch, model: str = "init.pth",
+def image_probe(root: Path, kw: dict[str, Any], model: str = "init.pth",
                 train: bool = True) -> dict[str, Any]:
     """What the image trainer did with ``kw``: split sizes, input size, model architecture and,
-    after one epoch, the loaders' batch sizes and workers, the optimizer and its step count."""
+    after one epoch, the loaders' batch sizes and workers, the optimizer, its step count and the
+    resumable checkpoints written."""
     import torch.utils.data
 
     from sparsify.modifiers.lifecycle import ModifierLifecycle
     from sparsify.trainers import image_classification as ic
+    from sparsify.trainers import resume
 
-    seen: dict[str, Any] = {"loaders": [], "steps": 0}
-
-    # the real classes and functions, not an earlier probe's recorder (probes run in turn)
-    loader = getattr(torch.utils.data.DataLoader, "real", torch.utils.data.DataLoader)
+    seen: dict[str, Any] = {"loaders": [], "steps": 0, "resume_writes": 0}
+    loader, build, post_step, save = (torch.utils.data.DataLoader, ic.build_optimizer,
+                                      ModifierLifecycle.optim_post_step, resume.save_resume)
 
     class RecordingLoader(loader):
-        real = loader
-
         def __init__(self, dataset, **kwargs):
             seen["loaders"].append((len(dataset), kwargs.get("batch_size"),
                                     kwargs.get("num_workers", 0)))
             super().__init__(dataset, **kwargs)
 
-    real_build = getattr(ic.build_optimizer, "real", ic.build_optimizer)
-
     def recording_build(model, name, lr, wd):
-        optimizer = real_build(model, name, lr, wd)
+        optimizer = build(model, name, lr, wd)
         seen["optimizer"] = (type(optimizer).__name__, optimizer.param_groups[0]["lr"],
                              max(g["weight_decay"] for g in optimizer.param_groups))
         return optimizer
 
-    recording_build.real = real_build
-    post_step = getattr(ModifierLifecycle.optim_post_step, "real",
-                        ModifierLifecycle.optim_post_step)
-
-    def counted(self):
+    def counted_step(self):
         seen["steps"] += 1
         return post_step(self)
 
-    counted.real = post_step
-
-    from sparsify.trainers import resume
-
-    real_save = getattr(resume.save_resume, "real", resume.save_resume)
-    seen["resume_writes"] = 0
-
     def counted_save(*args, **kwargs):
         seen["resume_writes"] += 1
-        return real_save(*args, **kwargs)
+        return save(*args, **kwargs)
 
-    counted_save.real = real_save
-    monkeypatch.setattr(resume, "save_resume", counted_save)
-    monkeypatch.setattr(torch.utils.data, "DataLoader", RecordingLoader)
-    monkeypatch.setattr(ic, "build_optimizer", recording_build)
-    monkeypatch.setattr(ModifierLifecycle, "optim_post_step", counted)
     plan = build_plan(resolve_use_case("ic"), 0.5, model=str(root / model),
                       train_kwargs={"batch_size": 4, "num_workers": 0, **kw})
     run_dir = root / f"run_{len(list(root.glob('run_*')))}"
     run_dir.mkdir()
-    task = ic.ImageClassificationTask(plan, str(root / "data"), run_dir)
-    try:
-        task.load_model()
-        seen["arch"] = task.loaded.arch_key
-    except SparsifyError as exc:
-        seen["arch"] = f"refused: {type(exc).__name__}"
-        train = False
-    seen["sizes"] = (len(task.train_ds), len(task.val_ds))
-    seen["input"] = tuple(task.train_ds[0][0].shape)
-    if train:
-        task.train(parse_recipe(ONE_EPOCH))
+    with pytest.MonkeyPatch.context() as patch:  # undone before the next probe
+        patch.setattr(torch.utils.data, "DataLoader", RecordingLoader)
+        patch.setattr(ic, "build_optimizer", recording_build)
+        patch.setattr(ModifierLifecycle, "optim_post_step", counted_step)
+        patch.setattr(resume, "save_resume", counted_save)
+        task = ic.ImageClassificationTask(plan, str(root / "data"), run_dir)
+        try:
+            task.load_model()
+            seen["arch"] = task.loaded.arch_key
+        except SparsifyError as exc:
+            seen["arch"] = f"refused: {type(exc).__name__}"
+            train = False
+        seen["sizes"] = (len(task.train_ds), len(task.val_ds))
+        seen["input"] = tuple(task.train_ds[0][0].shape)
+        if train:
+            task.train(parse_recipe(ONE_EPOCH))
     return seen
 
 
@@ -141,14 +127,14 @@ IMAGE_PROBES: dict[str, tuple[Any, Any]] = {
 
 
 @pytest.mark.parametrize("key", sorted(IMAGE_PROBES))
-def test_image_key_changes_the_trainer(key, image_workspace, monkeypatch):
+def test_image_key_changes_the_trainer(key, image_workspace):
     value, observe = IMAGE_PROBES[key]
     model = "plain.pth" if key == "arch_key" else "init.pth"
     train = key in {"batch_size", "eval_batch_size", "num_workers", "learning_rate",
                     "weight_decay", "optimizer", "gradient_accumulation_steps",
                     "checkpoint_steps"}
-    default = image_probe(image_workspace, {}, monkeypatch, model, train)
-    changed = image_probe(image_workspace, {key: value}, monkeypatch, model, train)
+    default = image_probe(image_workspace, {}, model, train)
+    changed = image_probe(image_workspace, {key: value}, model, train)
     assert observe(changed) != observe(default), f"{key}={value!r} changed nothing"
     expected = {"batch_size": 2, "eval_batch_size": 3, "num_workers": 2, "learning_rate": 0.123,
                 "weight_decay": 0.2, "optimizer": "AdamW", "max_train_samples": 5,
@@ -207,8 +193,7 @@ def text_workspace(tmp_path_factory):
     return root
 
 
-def text_probe(root: Path, use_case: str, data: str, kw: dict[str, Any], monkeypatch,
-               ) -> dict[str, Any]:
+def text_probe(root: Path, use_case: str, data: str, kw: dict[str, Any]) -> dict[str, Any]:
     """What the NLP task did with ``kw``: data read and split, features, the model loader's
     arguments, the validation batches and the HF ``TrainingArguments`` of its training."""
     import transformers
@@ -216,45 +201,44 @@ def text_probe(root: Path, use_case: str, data: str, kw: dict[str, Any], monkeyp
     from sparsify.trainers.nlp import NLPTask
 
     seen: dict[str, Any] = {}
-    real_config = getattr(transformers.AutoConfig.from_pretrained, "real",
-                          transformers.AutoConfig.from_pretrained)
+    config = transformers.AutoConfig.from_pretrained
 
     def recording_config(*args, **kwargs):
         seen["trust_remote_code"] = kwargs.get("trust_remote_code")
-        return real_config(*args, **kwargs)
-
-    recording_config.real = real_config
+        return config(*args, **kwargs)
 
     def recording_arguments(**kwargs):
         seen["args"] = kwargs
         raise _Captured
 
-    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", recording_config)
-    monkeypatch.setattr(transformers, "TrainingArguments", recording_arguments)
-    plan = build_plan(resolve_use_case(use_case), 0.5, model=str(root / "bert"), train_kwargs=kw)
-    run_dir = root / f"run_{len(list(root.glob('run_*')))}"
-    run_dir.mkdir()
-    task = NLPTask(plan, str(root / data), run_dir)
-    task.load_model()
-    seen["sizes"] = (len(task.data.train), len(task.data.val))
-    seen["labels"] = list(task.label_names or [])
-    seen["first"] = task.data.train[0]
-    seen["max_len"] = task.max_len
-    seen["features"] = (len(task.train_features),
-                        max(len(f["input_ids"]) for f in task.train_features))
-    batches: list[int] = []
-    collate = task.collate
+    with pytest.MonkeyPatch.context() as patch:  # undone before the next probe
+        patch.setattr(transformers.AutoConfig, "from_pretrained", recording_config)
+        patch.setattr(transformers, "TrainingArguments", recording_arguments)
+        plan = build_plan(resolve_use_case(use_case), 0.5, model=str(root / "bert"),
+                          train_kwargs=kw)
+        run_dir = root / f"run_{len(list(root.glob('run_*')))}"
+        run_dir.mkdir()
+        task = NLPTask(plan, str(root / data), run_dir)
+        task.load_model()
+        seen["sizes"] = (len(task.data.train), len(task.data.val))
+        seen["labels"] = list(task.label_names or [])
+        seen["first"] = task.data.train[0]
+        seen["max_len"] = task.max_len
+        seen["features"] = (len(task.train_features),
+                            max(len(f["input_ids"]) for f in task.train_features))
+        batches: list[int] = []
+        collate = task.collate
 
-    def recording_collate(items):
-        batches.append(len(items))
-        return collate(items)
+        def recording_collate(items):
+            batches.append(len(items))
+            return collate(items)
 
-    task.collate = recording_collate
-    task.predict(task.model)
-    seen["eval_batches"] = batches
-    with pytest.raises(_Captured):
-        task.train(parse_recipe(ONE_EPOCH))
-    return seen
+        task.collate = recording_collate
+        task.predict(task.model)
+        seen["eval_batches"] = batches
+        with pytest.raises(_Captured):
+            task.train(parse_recipe(ONE_EPOCH))
+        return seen
 
 
 TEXT_CASES: dict[str, tuple[str, str]] = {
@@ -295,7 +279,7 @@ TEXT_PAIRS = [(f, k) for f in TEXT_CASES for k in setting_fields(f)]
 
 
 @pytest.mark.parametrize("family, key", TEXT_PAIRS)
-def test_text_key_changes_the_trainer(family, key, text_workspace, monkeypatch):
+def test_text_key_changes_the_trainer(family, key, text_workspace):
     use_case, data = TEXT_CASES[family]
     data = TEXT_DATA.get(key, data)
     value, observe = TEXT_PROBES[key]
@@ -308,8 +292,8 @@ def test_text_key_changes_the_trainer(family, key, text_workspace, monkeypatch):
         value = {"text_classification": 12, "token_classification": 8,
                  "question_answering": 16}[family]
     base = TEXT_BASE.get(key, {})
-    default = text_probe(text_workspace, use_case, data, base, monkeypatch)
-    changed = text_probe(text_workspace, use_case, data, {**base, key: value}, monkeypatch)
+    default = text_probe(text_workspace, use_case, data, base)
+    changed = text_probe(text_workspace, use_case, data, {**base, key: value})
     assert observe(changed) != observe(default), f"{family}: {key}={value!r} changed nothing"
     if key in {"batch_size", "learning_rate", "weight_decay", "num_workers",
                "gradient_accumulation_steps", "eval_batch_size", "max_train_samples",

@@ -136,10 +136,10 @@ def sparse_transfer_command(ctx: click.Context, use_case: str | None, data: str 
         from sparsify.usecases import resolve_use_case
 
         work = Path(working_dir).expanduser()
+        if resume is None and (use_case is None or data is None):
+            raise UsageError(f"Missing option '--{'use-case' if use_case is None else 'data'}'.",
+                             hint="Give --use-case and --data (or --resume RUN_DIR).")
         if resume is not None:
-            from sparsify.pipeline import latest_incomplete, resume_run
-
-            run_dir = latest_incomplete(work) if resume == "latest" else Path(resume)
             given = [name for name in ("model", "optim_level", "recipe", "recipe_args",
                                        "teacher", "train_kwargs", "eval_metric", "device",
                                        "seed")
@@ -150,31 +150,27 @@ def sparse_transfer_command(ctx: click.Context, use_case: str | None, data: str 
                                  "--resume alone.")
             if dry_run:
                 raise UsageError("--dry-run cannot be combined with --resume.")
-            plan = None
-            if use_case is not None:
-                uc = resolve_use_case(use_case)
-                plan = build_plan(
-                    uc, parse_optim_level(optim_level), model=model, recipe=recipe,
-                    recipe_args=parse_recipe_args(recipe_args),
-                    train_kwargs=parse_train_kwargs(train_kwargs, uc), teacher=teacher,
-                    device=parse_device(device), seed=seed, eval_metric=eval_metric)
-            resume_run(run_dir, plan, data)
+        plan = None
+        if use_case is not None:
+            uc = resolve_use_case(use_case)
+            plan = build_plan(
+                uc, parse_optim_level(optim_level), model=model, recipe=recipe,
+                recipe_args=parse_recipe_args(recipe_args),
+                train_kwargs=parse_train_kwargs(train_kwargs, uc), teacher=teacher,
+                device=parse_device(device), seed=seed, eval_metric=eval_metric,
+            )
+        if resume is not None:
+            from sparsify.rerun import latest_incomplete, resume_run
+
+            resume_run(latest_incomplete(work) if resume == "latest" else Path(resume), plan,
+                       data)
             return
-        if use_case is None or data is None:
-            raise UsageError(f"Missing option '--{'use-case' if use_case is None else 'data'}'.",
-                             hint="Give --use-case and --data (or --resume RUN_DIR).")
-        uc = resolve_use_case(use_case)
-        level = parse_optim_level(optim_level)
-        plan = build_plan(
-            uc, level, model=model, recipe=recipe, recipe_args=parse_recipe_args(recipe_args),
-            train_kwargs=parse_train_kwargs(train_kwargs, uc), teacher=teacher,
-            device=parse_device(device), seed=seed, eval_metric=eval_metric,
-        )
+        assert plan is not None and data is not None
         if dry_run:
             from sparsify.recipe.preview import preview_recipe
 
-            extra = {"data": data,
-                     "run_folder (would be created)": str(propose_run_dir(work, uc.id))}
+            extra = {"data": data, "run_folder (would be created)":
+                     str(propose_run_dir(work, plan.use_case.id))}
             extra.update(preview_recipe(plan))
             click.echo(plan_to_yaml(plan, extra), nl=False)
             return
@@ -204,7 +200,7 @@ def export_command(run_dir: Path, checkpoint: Path | None, debug: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
 
     def body() -> None:
-        from sparsify.pipeline import export_run
+        from sparsify.rerun import export_run
 
         export_run(run_dir, checkpoint)
 

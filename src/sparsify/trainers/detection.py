@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsify.errors import DataError, ModelNotFoundError, TrainingError, UsageError
+from sparsify.errors import DataError, ModelNotFoundError, TrainingError
 from sparsify.families import settings_for
 from sparsify.plan import Plan
 from sparsify.quantization import QATSiLU  # noqa: F401 - old checkpoints pickled it here
@@ -205,9 +205,8 @@ class DetectionTask:
               resume: Path | None = None) -> TrainResult:
         """Train under the recipe (YOLO has one phase: no teacher of its own, see
         ``Family.distills``)."""
-        if resume is not None:
-            raise UsageError(f"{self.plan.use_case.id}: resuming a run is not supported yet "
-                             "with the Ultralytics trainer.", hint="Start the run again.")
+        if resume is not None:  # Family.resumable is False: the CLI refuses --resume first
+            raise ValueError("this trainer does not resume (Family.resumable)")
         from sparsify.modifiers.lifecycle import ModifierLifecycle
 
         if teacher is not None:

@@ -178,9 +178,8 @@ class NLPTask:
               resume: Path | None = None) -> TrainResult:
         """Train ``model`` under the recipe; ``phase`` ``teacher`` keeps its checkpoints and
         logs in ``teacher/`` subfolders (the dense teacher of ``--teacher auto``)."""
-        if resume is not None:
-            raise UsageError(f"{self.plan.use_case.id}: resuming a run is not supported yet "
-                             "with the Hugging Face trainer.", hint="Start the run again.")
+        if resume is not None:  # Family.resumable is False: the CLI refuses --resume first
+            raise ValueError("this trainer does not resume (Family.resumable)")
         from transformers import TrainingArguments
 
         from sparsify.modifiers.lifecycle import ModifierLifecycle

@@ -14,6 +14,7 @@ dict loads).
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,10 @@ PREVIOUS = "resume.prev.pth"
 
 def rng_state() -> dict[str, Any]:
     """Python's, NumPy's and torch's (CPU and CUDA) random states."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # plain values and tensors only: the checkpoint loads with ``weights_only=True``
+    state = {"python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -41,7 +45,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -79,9 +84,8 @@ def load_resume(path: Path, recipe: Any) -> dict[str, Any]:
         if not candidate.is_file():
             continue
         try:
-            # our own file, but it holds NumPy's and Python's RNG states (tuples, arrays)
-            saved = torch.load(candidate, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError, EOFError, ValueError) as exc:
+            saved = torch.load(candidate, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
             problems.append(f"{candidate.name}: {exc}")
             logger.warning("The checkpoint %s cannot be read (%s); trying the one before it.",
                            candidate, exc)
