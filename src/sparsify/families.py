@@ -20,6 +20,11 @@ def _setting(default: Any, help: str, check: str = "", choices: tuple[str, ...] 
     return field(default=default, metadata={"help": help, "check": check, "choices": choices})
 
 
+def _checkpoint_steps() -> Any:
+    return _setting(None, "also write a resumable checkpoint every N optimizer steps (default: "
+                          "at the end of every epoch only)", "positive")
+
+
 @dataclass(frozen=True)
 class CommonSettings:
     """Settings every trainer reads."""
@@ -50,9 +55,7 @@ class ImageSettings(CommonSettings):
                                             "positive")
     image_size: int = _setting(224, "input size in pixels (center crop)", "positive")
     arch_key: str | None = _setting(None, "architecture of a plain state-dict checkpoint")
-    checkpoint_steps: int | None = _setting(
-        None, "also write a resumable checkpoint every N optimizer steps (default: at the end "
-              "of every epoch only)", "positive")
+    checkpoint_steps: int | None = _checkpoint_steps()
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class TextSettings(CommonSettings):
     max_seq_length: int | None = _setting(
         None, "tokens per example (default 128; 384 for question answering)", "positive")
     trust_remote_code: bool = _setting(False, "allow a Hub model's own Python code")
+    checkpoint_steps: int | None = _checkpoint_steps()
 
 
 @dataclass(frozen=True)
@@ -135,15 +139,15 @@ FAMILIES: dict[str, Family] = {f.id: f for f in (
     Family("text_classification", "sparsify.trainers.nlp:run_nlp", ("transformers", "datasets"),
            "accuracy", TextClassificationSettings,
            {"batch_size": 16, "learning_rate": 5e-5, "weight_decay": 0.01, "num_workers": 0,
-            "val_fraction": 0.1}),
+            "val_fraction": 0.1}, resumable=True),
     Family("token_classification", "sparsify.trainers.nlp:run_nlp", ("transformers", "datasets"),
            "f1", TokenClassificationSettings,
            {"batch_size": 16, "learning_rate": 5e-5, "weight_decay": 0.01, "num_workers": 0,
-            "val_fraction": 0.1}),
+            "val_fraction": 0.1}, resumable=True),
     Family("question_answering", "sparsify.trainers.nlp:run_nlp", ("transformers", "datasets"),
            "f1", QuestionAnsweringSettings,
            {"batch_size": 16, "learning_rate": 5e-5, "weight_decay": 0.01, "num_workers": 0,
-            "val_fraction": 0.1}),
+            "val_fraction": 0.1}, resumable=True),
     Family("detection", "sparsify.trainers.detection:run_detection",
            ("torchvision", "ultralytics"), "map50_95", YoloSettings,
            {"batch_size": 16, "learning_rate": 0.001, "weight_decay": 0.0005, "num_workers": 0,

@@ -95,8 +95,8 @@ def resume_run(run_dir: Path, given: Plan | None = None, data: str | None = None
         raise UsageError(f"{run_dir} is already complete: its training finished.",
                          hint=f"Export it again with: sparsify.run export {run_dir}")
     if not FAMILIES[plan.use_case.family].resumable:
-        raise UsageError(f"{plan.use_case.id} runs cannot be resumed yet (only image "
-                         "classification can).",
+        raise UsageError(f"{plan.use_case.id} runs cannot be resumed yet (image "
+                         "classification and the text use cases can).",
                          hint="Start the run again; `sparsify.run export RUN_DIR` exports the "
                               "last checkpoint of this one.")
     differences = _differences(recorded, given, data)

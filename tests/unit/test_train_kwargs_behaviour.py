@@ -211,9 +211,19 @@ def text_probe(root: Path, use_case: str, data: str, kw: dict[str, Any]) -> dict
         seen["args"] = kwargs
         raise _Captured
 
+    from sparsify.trainers import nlp
+
+    callback = nlp._LifecycleCallback
+
+    def recording_callback(*args, **kwargs):
+        made = callback(*args, **kwargs)
+        seen["checkpoint_every"] = made.every
+        return made
+
     with pytest.MonkeyPatch.context() as patch:  # undone before the next probe
         patch.setattr(transformers.AutoConfig, "from_pretrained", recording_config)
         patch.setattr(transformers, "TrainingArguments", recording_arguments)
+        patch.setattr(nlp, "_LifecycleCallback", recording_callback)
         plan = build_plan(resolve_use_case(use_case), 0.5, model=str(root / "bert"),
                           train_kwargs=kw)
         run_dir = root / f"run_{len(list(root.glob('run_*')))}"
@@ -260,6 +270,8 @@ TEXT_PROBES: dict[str, tuple[Any, Any]] = {
     "max_seq_length": (24, lambda s: (s["max_len"], s["features"][1])),
     "trust_remote_code": (True, lambda s: s["trust_remote_code"]),
     "doc_stride": (2, lambda s: s["features"][0]),
+    # what the callback does with it (a checkpoint folder every N steps): test_resume_nlp.py
+    "checkpoint_steps": (2, lambda s: s["checkpoint_every"]),
     # keys that name what to read: the data is written so that the default reads other columns
     "text_column": ("body", lambda s: s["first"]["text"]),
     "text_pair_column": ("other", lambda s: s["first"].get("text_pair")),
@@ -297,7 +309,7 @@ def test_text_key_changes_the_trainer(family, key, text_workspace):
     assert observe(changed) != observe(default), f"{family}: {key}={value!r} changed nothing"
     if key in {"batch_size", "learning_rate", "weight_decay", "num_workers",
                "gradient_accumulation_steps", "eval_batch_size", "max_train_samples",
-               "max_eval_samples", "trust_remote_code"}:
+               "max_eval_samples", "trust_remote_code", "checkpoint_steps"}:
         assert observe(changed) == value
     if key == "max_seq_length":
         assert observe(changed) == (value, value)

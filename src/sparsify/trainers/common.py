@@ -93,8 +93,6 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         TrainingError: the disk is full (the file and the space it needed named; the
             checkpoint it would have replaced is intact).
     """
-    import errno
-
     from sparsify.errors import TrainingError
 
     tmp = path.with_name(f".{path.name}.tmp")
@@ -102,10 +100,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
-        full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc) \
-            or "file write failed" in str(exc)
         tmp.unlink(missing_ok=True)
-        if not full:
+        if not disk_full(exc):
             raise
         need = sum(t.numel() * t.element_size() for t in _tensors(payload))
         free = shutil.disk_usage(path.parent).free
@@ -114,6 +110,14 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
             f"{free / 2**20:.0f} MB free).",
             hint="Free some space (or use --working-dir on another disk) and resume: the last "
                  "complete checkpoint is intact.") from None
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether a failed write failed for want of space (torch says "file write failed")."""
+    import errno
+
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc) \
+        or "file write failed" in str(exc)
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:

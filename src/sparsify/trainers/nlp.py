@@ -31,6 +31,7 @@ from sparsify.plan import Plan
 from sparsify.trainers.base import ExportResult, TrainResult
 from sparsify.trainers.common import (
     check_replicas_agree,
+    disk_full,
     phase_dirs,
     prunable_sparsity,
     resolve_device,
@@ -177,12 +178,20 @@ class NLPTask:
     def train(self, recipe: Any, teacher: nn.Module | None = None, phase: str = "main",
               resume: Path | None = None) -> TrainResult:
         """Train ``model`` under the recipe; ``phase`` ``teacher`` keeps its checkpoints and
-        logs in ``teacher/`` subfolders (the dense teacher of ``--teacher auto``)."""
-        if resume is not None:  # Family.resumable is False: the CLI refuses --resume first
-            raise ValueError("this trainer does not resume (Family.resumable)")
+        logs in ``teacher/`` subfolders (the dense teacher of ``--teacher auto``).
+
+        Resumable checkpoints are the Trainer's own folders
+        (``hf_trainer/checkpoint-STEP``: optimizer, scheduler, RNG, trainer state; the last two
+        kept) with our ``resume.pth`` written into each last (weights with the recipe's
+        structure, the lifecycle's state, best metrics and history), at the end of every epoch,
+        every ``checkpoint_steps`` optimizer steps when set, and when a signal asks training to
+        stop (:mod:`sparsify.stop`); ``resume`` (such a ``resume.pth``) continues from one.
+        """
         from transformers import TrainingArguments
 
+        from sparsify import stop
         from sparsify.modifiers.lifecycle import ModifierLifecycle
+        from sparsify.trainers.resume import HF_CHECKPOINTS, load_resume
 
         settings, plan = self.settings, self.plan
         device = resolve_device(plan.device)
@@ -190,8 +199,11 @@ class NLPTask:
         epochs = lifecycle.max_epochs
         artifacts, logs = phase_dirs(self.run_dir, phase)
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        saved = load_resume(resume, recipe) if resume is not None else None
+        callback = _LifecycleCallback(self, lifecycle, recipe, artifacts, saved,
+                                      settings.checkpoint_steps)
         args = TrainingArguments(
-            output_dir=str(artifacts / "hf_trainer"),
+            output_dir=str(artifacts / HF_CHECKPOINTS),
             num_train_epochs=epochs,
             per_device_train_batch_size=settings.batch_size,
             gradient_accumulation_steps=settings.gradient_accumulation_steps,
@@ -199,7 +211,8 @@ class NLPTask:
             weight_decay=settings.weight_decay,
             optim=_HF_OPTIMIZERS[settings.optimizer],
             lr_scheduler_type="linear",
-            save_strategy="no",
+            save_strategy="no",  # our callback asks for every save (epochs, steps, signals)
+            save_total_limit=2,
             eval_strategy="no",
             logging_strategy="steps",
             logging_steps=max(1, math.ceil(len(self.train_features) / settings.batch_size / 4)),
@@ -213,8 +226,7 @@ class NLPTask:
             disable_tqdm=False,
         )
         keys = (*self.input_names, *self.label_keys)
-        callback = _LifecycleCallback(self, lifecycle, recipe, artifacts)
-        with _tensorboard_dir(logs):
+        with _tensorboard_dir(logs), stop.graceful():
             trainer = _LifecycleTrainer(
                 lifecycle=lifecycle, keep_lr=lifecycle.controls_lr, label_keys=self.label_keys,
                 bf16=bf16,
@@ -224,9 +236,20 @@ class NLPTask:
             )
             if teacher is not None:
                 teacher.to(trainer.args.device)
-            started = time.monotonic()
-            trainer.train()
-        shutil.rmtree(artifacts / "hf_trainer", ignore_errors=True)  # the Trainer's empty folder
+            if saved is not None:
+                logger.info("Resuming %s training from %s", phase, saved["loaded_from"])
+            try:
+                trainer.train(resume_from_checkpoint=(
+                    str(Path(saved["loaded_from"]).parent) if saved is not None else None))
+            except (OSError, RuntimeError) as exc:  # the Trainer's own checkpoint writes
+                if not disk_full(exc):
+                    raise
+                raise TrainingError(
+                    f"No space left on the device writing a checkpoint in {args.output_dir} "
+                    f"({exc}).", hint="Free some space (or use --working-dir on another disk) "
+                    "and resume: the last complete checkpoint is intact.") from None
+        # finished: its resumable checkpoints are of no further use (the run is complete)
+        shutil.rmtree(artifacts / HF_CHECKPOINTS, ignore_errors=True)
         lifecycle.finalize()
         check_replicas_agree(trainer.model)
         self.model = trainer.model.cpu().eval()
@@ -235,7 +258,7 @@ class NLPTask:
         final["sparsity"] = prunable_sparsity(
             self.model, lifecycle.masked_parameter_names() or None)["overall"]
         return TrainResult(final, callback.best, callback.best_epoch, epochs, callback.history,
-                           time.monotonic() - started, lifecycle.masked_parameter_names(),
+                           callback.seconds(), lifecycle.masked_parameter_names(),
                            lifecycle.pruning_policy())
 
     # --- evaluation --------------------------------------------------------------------------
@@ -367,6 +390,17 @@ class _LifecycleTrainer(Trainer):
         # our loss is a per-batch mean: let the Trainer divide it by the accumulation steps
         self.model_accepts_loss_kwargs = False
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """Resuming: the weights come from our ``resume.pth``, loaded by the callback once the
+        recipe's structure (QAT modules) is back on the model (a state dict with QAT modules
+        does not load into the plain model the Trainer holds at this point)."""
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if _internal_call:  # a checkpoint folder: our resume.pth holds the weights
+            Path(output_dir or self.args.output_dir).mkdir(parents=True, exist_ok=True)
+            return
+        super().save_model(output_dir, _internal_call)
+
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         if self._keep_lr:
             if self.lr_scheduler is None:
@@ -393,18 +427,35 @@ class _LifecycleTrainer(Trainer):
 
 
 class _LifecycleCallback(TrainerCallback):
-    """Maps the Trainer's events onto the lifecycle; evaluates and checkpoints per epoch."""
+    """Maps the Trainer's events onto the lifecycle; evaluates per epoch; asks the Trainer for
+    a checkpoint folder at every epoch's end, every ``every`` steps and on a signal, and writes
+    our ``resume.pth`` into it (:meth:`on_save`); continues from ``saved`` (a resumable
+    checkpoint) when given."""
 
-    def __init__(self, task: NLPTask, lifecycle: Any, recipe: Any, artifacts: Path) -> None:
+    def __init__(self, task: NLPTask, lifecycle: Any, recipe: Any, artifacts: Path,
+                 saved: dict[str, Any] | None = None, every: int | None = None) -> None:
         self.task, self.lifecycle, self.recipe, self.artifacts = task, lifecycle, recipe, artifacts
+        self.saved, self.every = saved, every
         self.best: dict[str, float] = {}
         self.best_epoch = -1
         self.history: list[dict[str, float]] = []
+        self.started = time.monotonic()
+        self.halt = False
+        if saved is not None:
+            self.best, self.best_epoch = saved["best"], saved["best_epoch"]
+            self.history = saved["history"]
+            self.started -= saved["seconds"]
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         batches = len(kw["train_dataloader"])
         steps = max(1, math.ceil(batches / args.gradient_accumulation_steps))
         self.lifecycle.initialize(kw["optimizer"], steps)
+        if self.saved is not None:  # the structure first (QAT modules), then the weights
+            self.lifecycle.load_resume_state(self.saved["lifecycle"])
+            kw["model"].load_state_dict(self.saved["state_dict"])
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.lifecycle.epoch_start()
@@ -419,7 +470,31 @@ class _LifecycleCallback(TrainerCallback):
         self.lifecycle.optim_post_step()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        from sparsify.trainers.resume import stop_requested
+
         self.lifecycle.batch_end()
+        if state.global_step % self.lifecycle.state.steps_per_epoch == 0:
+            return  # an epoch's last step: checked after its evaluation (on_epoch_end)
+        self.halt = stop_requested()  # once per step: every rank
+        if self.halt or (self.every and state.global_step % self.every == 0):
+            control.should_save = True
+
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        """The Trainer has written its checkpoint folder (optimizer, scheduler, RNG, trainer
+        state): ours goes in last, so a folder without it was cut short."""
+        from sparsify import stop
+        from sparsify.trainers.common import save_checkpoint
+        from sparsify.trainers.resume import RESUME
+
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            save_checkpoint(folder / RESUME, {
+                "state_dict": kw["model"].state_dict(),
+                "lifecycle": self.lifecycle.resume_state(), "recipe": self.recipe.to_yaml(),
+                "best": self.best, "best_epoch": self.best_epoch, "history": self.history,
+                "seconds": self.seconds(), "step": state.global_step})
+        if self.halt:
+            raise stop.stop_now()
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.lifecycle.epoch_end()
@@ -430,6 +505,11 @@ class _LifecycleCallback(TrainerCallback):
         epoch = len(self.history) + 1
         self.history.append({"epoch": epoch, **metrics})
         logger.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if state.global_step < state.max_steps:  # a resumable checkpoint between epochs
+            from sparsify.trainers.resume import stop_requested
+
+            control.should_save = True
+            self.halt = stop_requested()
         if not state.is_world_process_zero:
             return
         name = self.task.plan.eval_metric

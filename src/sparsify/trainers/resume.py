@@ -64,21 +64,40 @@ def save_resume(artifacts: Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+#: the Hugging Face Trainer's checkpoint folders of a phase (``checkpoint-STEP``), each with
+#: our ``resume.pth`` written into it last (a folder without it was cut short)
+HF_CHECKPOINTS = "hf_trainer"
+
+
+def resume_candidates(artifacts: Path) -> list[Path]:
+    """A phase's resumable checkpoints, newest first: ``resume.pth`` and ``resume.prev.pth``
+    (our loop, Ultralytics), or ``hf_trainer/checkpoint-STEP/resume.pth`` (the HF Trainer)."""
+    found = [artifacts / name for name in (RESUME, PREVIOUS) if (artifacts / name).is_file()]
+    folders = []
+    for folder in (artifacts / HF_CHECKPOINTS).glob("checkpoint-*"):
+        step = folder.name.partition("-")[2]
+        if step.isdigit() and (folder / RESUME).is_file():
+            folders.append((int(step), folder / RESUME))
+    return found + [path for _, path in sorted(folders, reverse=True)]
+
+
 def find_resume(artifacts: Path) -> Path | None:
     """The newest resumable checkpoint of a phase (``None``: there is none)."""
-    for name in (RESUME, PREVIOUS):
-        if (artifacts / name).is_file():
-            return artifacts / name
-    return None
+    candidates = resume_candidates(artifacts)
+    return candidates[0] if candidates else None
 
 
 def load_resume(path: Path, recipe: Any) -> dict[str, Any]:
-    """Read a resumable checkpoint (the previous one when the newest cannot be read).
+    """Read a resumable checkpoint (an older one of the phase when the newest cannot be read);
+    ``loaded_from`` in the result names the file read.
 
     Raises:
         ModelNotFoundError: none can be read, or it was written under another recipe.
     """
-    candidates = [path] + ([path.with_name(PREVIOUS)] if path.name == RESUME else [])
+    artifacts = path.parent.parent.parent if path.parent.parent.name == HF_CHECKPOINTS \
+        else path.parent
+    others = resume_candidates(artifacts)
+    candidates = [path] + (others[others.index(path) + 1:] if path in others else [])
     problems = []
     for candidate in candidates:
         if not candidate.is_file():
@@ -94,8 +113,9 @@ def load_resume(path: Path, recipe: Any) -> dict[str, Any]:
             raise ModelNotFoundError(
                 f"The checkpoint {candidate} was written under another recipe than the run's "
                 "recipe.yaml.", hint="Resume with the run folder as it was written.")
+        saved["loaded_from"] = str(candidate)
         return saved
-    raise ModelNotFoundError(f"No readable resumable checkpoint at {path.parent}"
+    raise ModelNotFoundError(f"No readable resumable checkpoint at {artifacts}"
                              f"{': ' + '; '.join(problems) if problems else ''}.",
                              hint="Start the run again.")
 
