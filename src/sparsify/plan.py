@@ -91,6 +91,15 @@ def target_sparsity_for_level(level: float) -> float:
     return round(0.70 + 0.25 * (level - 0.25) / 0.75, 2)
 
 
+def keep_layers_for_level(level: float) -> float | None:
+    """Share of a user's NLP model's encoder layers kept at the smallest tier: 1/2 at 0.75
+    falling linearly to 1/3 at 1.0 (12 layers -> 6 -> 4, MiniLM's 6 -> 3 -> 2); ``None`` below
+    0.75 (the model keeps its depth)."""
+    if band_for_level(level).tier != "smallest":
+        return None
+    return round(0.5 - (level - 0.75) * 2 / 3, 4)
+
+
 def scheme_name(band: Band) -> str:
     """``dense FP32``, ``INT8`` or ``pruned + INT8``."""
     if band.pruned:
@@ -165,6 +174,30 @@ class Plan:
     def scheme(self) -> str:
         return scheme_name(self.band)
 
+    @property
+    def shrink(self) -> str | None:
+        """What the run removes structurally (``LayerPruningModifier`` through the recipe's
+        ``keep_layers``), or why nothing at the smallest tier; ``None`` elsewhere."""
+        keep = self.recipe_args.get("keep_layers")
+        if isinstance(keep, (int, float)) and not isinstance(keep, bool):
+            if keep >= 1:
+                return "none: keep_layers 1.0 keeps every layer"
+            return (f"layers: keep {_share(keep)} of the encoder layers, evenly spaced from the "
+                    f"first (12 -> {_kept(12, keep)}, 6 -> {_kept(6, keep)}) "
+                    f"(LayerPruningModifier keep_fraction {keep:g})")
+        if keep is not None:
+            return f"layers: keep_layers {keep!r} (as the recipe says)"
+        if self.band.tier != "smallest":
+            return None
+        if recipe_family(self.use_case) != "nlp":
+            return ("none: image and detection models are not shrunk structurally yet (the "
+                    "catalog's smallest model serves this tier; a --model keeps its size)")
+        if self.model.origin != "user":
+            architecture = self.model.entry.architecture if self.model.entry else "model"
+            return f"none: the catalog's smallest model is already shallow: {architecture}"
+        return ("none: a recipe given with --recipe decides (the plan sets no keep_layers; a "
+                "LayerPruningModifier in it removes layers)")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``plan.yaml`` and ``--dry-run``."""
         entry = self.model.entry
@@ -179,6 +212,7 @@ class Plan:
             "pruned": self.band.pruned,
             "quantized": self.band.quantized,
             "target_sparsity": self.target_sparsity,
+            **({"shrink": self.shrink} if self.shrink is not None else {}),
             "model": {
                 "spec": self.model.spec,
                 "origin": self.model.origin,
@@ -344,12 +378,32 @@ def build_plan(
             )
         if recipe_name.endswith("_gmp"):
             args.setdefault("target_sparsity", target)
+        keep = keep_layers_for_level(optim_level)
+        if keep is not None and choice.origin == "user" and recipe_family(use_case) == "nlp":
+            # the shipped NLP recipes (gradual and constant pruning) carry LayerPruningModifier
+            args.setdefault("keep_layers", keep)
     return Plan(
         use_case=use_case, optim_level=optim_level, band=band, target_sparsity=target,
         model=choice, recipe=recipe_name, recipe_origin=origin, recipe_args=args,
         train_kwargs=dict(train_kwargs or {}), teacher=teacher, device=device, seed=seed,
         eval_metric=parse_eval_metric(eval_metric, use_case), notes=notes,
     )
+
+
+def _share(fraction: float) -> str:
+    """``1/2``, ``1/3``, ``2/5``; a percentage when no small fraction is that value."""
+    from fractions import Fraction
+
+    near = Fraction(fraction).limit_denominator(12)
+    if abs(float(near) - fraction) < 1e-3:
+        return f"{near.numerator}/{near.denominator}"
+    return f"{fraction:.0%}"
+
+
+def _kept(total: int, fraction: float) -> int:
+    from sparsify.modifiers.layer_pruning import kept_count
+
+    return kept_count(total, fraction)
 
 
 def plan_to_yaml(plan: Plan, extra: dict[str, Any] | None = None) -> str:

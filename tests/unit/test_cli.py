@@ -34,6 +34,24 @@ def test_dry_run_every_use_case_and_band(uc, level, tmp_path):
     assert not list(tmp_path.iterdir()), "dry-run must not create folders"
 
 
+def test_dry_run_shows_the_shrink_of_a_users_nlp_model(tmp_path):
+    result = run("sparse-transfer", "--use-case", "sentiment", "--data", "./x", "--optim-level",
+                 "0.75", "--model", "bert-base-uncased", "--working-dir", str(tmp_path),
+                 "--dry-run")
+    assert result.exit_code == 0, result.output
+    plan = yaml.safe_load(result.output)
+    assert plan["shrink"].startswith("layers: keep 1/2 of the encoder layers")
+    assert plan["recipe"]["args"]["keep_layers"] == 0.5
+    assert plan["recipe_as_applied"]["modifiers"][0]["type"] == "LayerPruningModifier"
+    result = run("sparse-transfer", "--use-case", "sentiment", "--data", "./x", "--optim-level",
+                 "1.0", "--model", "bert-base-uncased", "--recipe-args", "keep_layers=0.5",
+                 "--dry-run")
+    assert yaml.safe_load(result.output)["recipe"]["args"]["keep_layers"] == 0.5
+    result = run("sparse-transfer", "--use-case", "ic", "--data", "./x", "--optim-level", "0.8",
+                 "--dry-run")
+    assert yaml.safe_load(result.output)["shrink"].startswith("none: image and detection")
+
+
 @pytest.mark.parametrize("alias,canonical", [("qa", "question_answering"),
                                              ("NER", "named_entity_recognition"),
                                              ("Image-Classification", "image_classification"),
@@ -100,6 +118,8 @@ def _script():
     ["sparse-transfer", "--help"],
     ["sparse-transfer", "--use-case", "qa", "--data", "x", "--dry-run"],
     ["sparse-transfer", "--use-case", "ic", "--data", "x", "--optim-level", "0.9", "--dry-run"],
+    ["sparse-transfer", "--use-case", "sentiment", "--data", "x", "--optim-level", "0.75",
+     "--model", "bert-base-uncased", "--dry-run"],
 ])
 def test_help_and_dry_run_import_no_heavy_module(args):
     code = (

@@ -141,3 +141,81 @@ def test_device_and_metric():
     assert parse_eval_metric("accuracy", ic) == "top1"
     with pytest.raises(UsageError, match="Valid: top1"):
         parse_eval_metric("f1", ic)
+
+
+# --- shrinking by depth at the smallest tier (LayerPruningModifier through keep_layers) ------
+
+
+@pytest.mark.parametrize("level,keep,share", [(0.5, None, None), (0.74, None, None),
+                                              (0.75, 0.5, "1/2"), (1.0, 0.3333, "1/3")])
+def test_smallest_tier_shrinks_a_user_nlp_model(level, keep, share):
+    plan = build_plan(resolve_use_case("sentiment"), level, model="bert-base-uncased")
+    assert plan.recipe == "nlp_gmp"
+    data = plan.to_dict()
+    if keep is None:
+        assert "keep_layers" not in plan.recipe_args and "shrink" not in data
+        return
+    assert plan.recipe_args["keep_layers"] == keep
+    assert data["recipe"]["args"]["keep_layers"] == keep
+    assert data["shrink"].startswith(f"layers: keep {share} of the encoder layers")
+    assert f"LayerPruningModifier keep_fraction {keep:g}" in data["shrink"]
+    assert ("12 -> 6, 6 -> 3" if keep == 0.5 else "12 -> 4, 6 -> 2") in data["shrink"]
+    # the recipe takes it (the dry-run preview parses it)
+    from sparsify.recipe.parser import load_recipe
+
+    shrink = load_recipe(plan.recipe, plan.recipe_args).of_type("LayerPruningModifier")[0]
+    assert shrink.build().keep_fraction == keep
+
+
+def test_keep_layers_for_level_is_linear_from_half_to_a_third():
+    from sparsify.plan import keep_layers_for_level
+
+    assert keep_layers_for_level(0.7) is None
+    values = [keep_layers_for_level(x / 100) for x in range(75, 101)]
+    assert values == sorted(values, reverse=True)
+    assert values[0] == 0.5 and values[-1] == pytest.approx(1 / 3, abs=1e-4)
+    assert keep_layers_for_level(0.9) == pytest.approx(0.4)
+
+
+def test_catalog_path_is_not_shrunk():
+    plan = build_plan(resolve_use_case("sentiment"), 0.9)
+    assert "keep_layers" not in plan.recipe_args
+    assert plan.to_dict()["shrink"].startswith("none: the catalog's smallest model")
+
+
+def test_the_users_keep_layers_wins():
+    plan = build_plan(resolve_use_case("qa"), 1.0, model="bert-base-uncased",
+                      recipe_args={"keep_layers": 0.75})
+    assert plan.recipe_args["keep_layers"] == 0.75
+    assert "keep 3/4 of the encoder layers" in plan.shrink
+    plan = build_plan(resolve_use_case("qa"), 0.9, model="bert-base-uncased",
+                      recipe_args={"keep_layers": 1.0})
+    assert plan.shrink.startswith("none: keep_layers 1.0")
+
+
+def test_a_users_recipe_gets_no_keep_layers():
+    plan = build_plan(resolve_use_case("ner"), 0.9, model="bert-base-uncased",
+                      recipe="nlp_obs")
+    assert "keep_layers" not in plan.recipe_args
+    assert plan.shrink.startswith("none: a recipe given with --recipe decides")
+
+
+@pytest.mark.parametrize("use_case,model", [("ic", "resnet18"), ("ic", None),
+                                            ("detection", "yolov8n.pt"),
+                                            ("segmentation", None)])
+def test_image_and_yolo_plans_are_not_shrunk_yet(use_case, model):
+    plan = build_plan(resolve_use_case(use_case), 0.9, model=model)
+    assert "keep_layers" not in plan.recipe_args
+    assert plan.to_dict()["shrink"].startswith("none: image and detection models are not "
+                                               "shrunk structurally yet")
+    assert "shrink" not in build_plan(resolve_use_case(use_case), 0.5, model=model).to_dict()
+
+
+def test_recorded_plan_keeps_keep_layers():
+    import yaml
+
+    from sparsify.plan import plan_from_dict, plan_to_yaml
+
+    plan = build_plan(resolve_use_case("sentiment"), 0.75, model="bert-base-uncased")
+    again = plan_from_dict(yaml.safe_load(plan_to_yaml(plan)))
+    assert again.recipe_args == plan.recipe_args and again.shrink == plan.shrink

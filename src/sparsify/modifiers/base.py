@@ -91,6 +91,11 @@ class Modifier:
     #: Private attributes that change during training and that the model's and optimizer's
     #: state dicts do not hold: a resumable checkpoint keeps them (:meth:`resume_state`).
     resume_fields: ClassVar[tuple[str, ...]] = ()
+    #: Whether the modifier changes the model's structure when it is initialised (removes
+    #: layers): the lifecycle initialises such modifiers, and restructures a restored model with
+    #: them, before the others, so that those look up their parameters on the structure that
+    #: training uses.
+    restructures_at_init: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for name in self.epoch_fields:

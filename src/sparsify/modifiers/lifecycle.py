@@ -70,6 +70,15 @@ class ModifierLifecycle:
     def modifiers_of(self, name: str) -> list[Modifier]:
         return [m for m in self.modifiers if type(m).__name__ == name]
 
+    def initialization_order(self) -> list[int]:
+        """Indices of the modifiers in the order they initialise (and restructure a restored
+        model): recipe order, except that those which change the structure when initialised
+        (:attr:`~sparsify.modifiers.base.Modifier.restructures_at_init`: layer removal) come
+        first, so that the others (pruning masks) find their parameters on the kept layers.
+        Events still reach the modifiers in recipe order."""
+        return sorted(range(len(self.modifiers)),
+                      key=lambda i: not self.modifiers[i].restructures_at_init)
+
     # --- lifecycle ---------------------------------------------------------------------------
     def initialize(self, optimizer: torch.optim.Optimizer | None, steps_per_epoch: int,
                    start_step: int = 0) -> None:
@@ -86,8 +95,8 @@ class ModifierLifecycle:
         self.state.optimizer = optimizer
         self.state.steps_per_epoch = steps_per_epoch
         self.step = start_step
-        for modifier in self.modifiers:
-            modifier.initialize(self.state)
+        for index in self.initialization_order():
+            self.modifiers[index].initialize(self.state)
         self._initialized = True
 
     def _event(self, kind: EventType, **data: Any) -> list[Any]:
@@ -141,12 +150,14 @@ class ModifierLifecycle:
 
     def restore_structure(self, started: list[int]) -> None:
         """On a fresh copy of the starting model, redo the structural changes (QAT modules) of
-        the modifiers that had started when a checkpoint was written, in recipe order, so the
+        the modifiers that had started when a checkpoint was written, in
+        :meth:`initialization_order` (layer removal first, then recipe order), so the
         checkpoint's state dict loads into the model; then :meth:`finalize_restored`."""
         # only the modifiers that change the structure; the others' results (masked weights,
         # the learning rate reached) are in the checkpoint itself
-        self._restructured = [i for i in started if 0 <= i < len(self.modifiers)
-                              and self.modifiers[i].changes_structure]
+        chosen = set(started)
+        self._restructured = [i for i in self.initialization_order()
+                              if i in chosen and self.modifiers[i].changes_structure]
         for index in self._restructured:
             self.modifiers[index].restructure(self.state)
 
@@ -176,8 +187,8 @@ class ModifierLifecycle:
             raise ValueError(f"the checkpoint has {len(saved['modifiers'])} modifiers, the "
                              f"recipe {len(self.modifiers)}")
         self.step = int(saved["step"])
-        for modifier, state in zip(self.modifiers, saved["modifiers"]):
-            modifier.load_resume_state(self.state, state)
+        for index in self.initialization_order():
+            self.modifiers[index].load_resume_state(self.state, saved["modifiers"][index])
 
     def pruning_policy(self) -> list[str]:
         """The ``params`` selectors of the modifiers that hold masks (``__COMPUTE_LAYERS__``,

@@ -13,6 +13,7 @@ MODIFIERS: dict[str, str] = {
     "LearningRateModifier": "sparsify.modifiers.schedule:LearningRateModifier",
     "SetWeightDecayModifier": "sparsify.modifiers.schedule:SetWeightDecayModifier",
     "TrainableParamsModifier": "sparsify.modifiers.schedule:TrainableParamsModifier",
+    "LayerPruningModifier": "sparsify.modifiers.layer_pruning:LayerPruningModifier",
     "ConstantPruningModifier": "sparsify.modifiers.pruning:ConstantPruningModifier",
     "GMPruningModifier": "sparsify.modifiers.pruning:GMPruningModifier",
     "MagnitudePruningModifier": "sparsify.modifiers.pruning:MagnitudePruningModifier",
