@@ -163,7 +163,7 @@ class LayerPruningModifier(Modifier):
         model = state.model
         plan = self.removals(model)
         for path, drop in plan.items():
-            remove_layers_(model, path, drop, state.optimizer)
+            remove_layers_(model, path, drop)
         if plan:
             state.structure_version += 1
         self._applied = weakref.ref(model)
@@ -208,18 +208,22 @@ def config_layer_count(model: nn.Module) -> int | None:
     return None
 
 
-def remove_layers_(model: nn.Module, path: str, drop: list[int], optimizer: Any = None) -> None:
+def remove_layers_(model: nn.Module, path: str, drop: list[int]) -> None:
     """Remove the layers ``drop`` of the ``nn.ModuleList`` at ``path`` in place.
 
     The kept layers are renumbered (``encoder.layer.2`` becomes ``encoder.layer.1``), as are
     their ``layer_idx`` attributes (cache slots of decoder attention); the config's layer count
-    (and per-layer ``layer_types``) follows; the removed parameters leave ``optimizer``.
+    (and per-layer ``layer_types``) follows.
+
+    An optimizer built before keeps the removed parameters in its groups: they get no gradient,
+    so no step (AdamW skips them, weight decay included), and the groups keep the sizes a
+    resumed run's fresh optimizer has when the Trainer loads the saved optimizer state into it
+    before the lifecycle initialises.
     """
     stack = model.get_submodule(path)
     total = len(stack)
     gone = set(drop)
     kept = [i for i in range(total) if i not in gone]
-    removed = [p for i in sorted(gone) for p in stack[i].parameters()]
     for i in sorted(gone, reverse=True):
         del stack[i]  # ModuleList renumbers the rest
     for new, old in enumerate(kept):
@@ -228,8 +232,6 @@ def remove_layers_(model: nn.Module, path: str, drop: list[int], optimizer: Any 
                     module.layer_idx, bool):
                 module.layer_idx = new
     _update_config(model, total, kept)
-    if optimizer is not None:
-        _forget_parameters(optimizer, removed)
     if not getattr(stack, "_sparsify_drops_removed_keys", False):
         stack.register_load_state_dict_pre_hook(_drop_removed_layer_keys)
         stack._sparsify_drops_removed_keys = True
@@ -248,18 +250,6 @@ def _update_config(model: nn.Module, total: int, kept: list[int]) -> None:
     layer_types = getattr(config, "layer_types", None)
     if isinstance(layer_types, list) and len(layer_types) == total:
         config.layer_types = [layer_types[i] for i in kept]
-
-
-def _forget_parameters(optimizer: Any, removed: list[Any]) -> None:
-    """Take the removed layers' parameters out of the optimizer (built before the lifecycle
-    initialised), so it neither keeps them alive nor decays them."""
-    ids = {id(p) for p in removed}
-    for group in optimizer.param_groups:
-        group["params"] = [p for p in group["params"] if id(p) not in ids]
-    state = getattr(optimizer, "state", None)
-    if isinstance(state, dict):
-        for p in removed:
-            state.pop(p, None)
 
 
 def _drop_removed_layer_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str,
