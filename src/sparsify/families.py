@@ -127,27 +127,25 @@ class Family:
     defaults: dict[str, Any] = field(default_factory=dict)
     #: whether the trainer distils from a teacher (``--teacher auto`` trains one first)
     distills: bool = True
-    #: whether the trainer writes resumable checkpoints (``sparse-transfer --resume``)
-    resumable: bool = False
 
 
 FAMILIES: dict[str, Family] = {f.id: f for f in (
     Family("image_classification",
            "sparsify.trainers.image_classification:run_image_classification",
            ("torchvision", "PIL"), "top1", ImageSettings,
-           {"batch_size": 32, "val_fraction": 0.1}, resumable=True),
+           {"batch_size": 32, "val_fraction": 0.1}),
     Family("text_classification", "sparsify.trainers.nlp:run_nlp", ("transformers", "datasets"),
            "accuracy", TextClassificationSettings,
            {"batch_size": 16, "learning_rate": 5e-5, "weight_decay": 0.01, "num_workers": 0,
-            "val_fraction": 0.1}, resumable=True),
+            "val_fraction": 0.1}),
     Family("token_classification", "sparsify.trainers.nlp:run_nlp", ("transformers", "datasets"),
            "f1", TokenClassificationSettings,
            {"batch_size": 16, "learning_rate": 5e-5, "weight_decay": 0.01, "num_workers": 0,
-            "val_fraction": 0.1}, resumable=True),
+            "val_fraction": 0.1}),
     Family("question_answering", "sparsify.trainers.nlp:run_nlp", ("transformers", "datasets"),
            "f1", QuestionAnsweringSettings,
            {"batch_size": 16, "learning_rate": 5e-5, "weight_decay": 0.01, "num_workers": 0,
-            "val_fraction": 0.1}, resumable=True),
+            "val_fraction": 0.1}),
     Family("detection", "sparsify.trainers.detection:run_detection",
            ("torchvision", "ultralytics"), "map50_95", YoloSettings,
            {"batch_size": 16, "learning_rate": 0.001, "weight_decay": 0.0005, "num_workers": 0,

@@ -263,10 +263,7 @@ def _stages(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder, main:
         write_text_atomic(run_dir / "plan.yaml", plan_to_yaml(plan, record))
         write_text_atomic(run_dir / "recipe.yaml", recipe.to_yaml())
     if main:
-        write_text_atomic(run_dir / INCOMPLETE, (
-            f"{resume_command(run_dir)}\n" if FAMILIES[plan.use_case.family].resumable
-            else f"Training did not finish; {plan.use_case.id} runs cannot be resumed yet: "
-                 "start the run again.\n"))
+        write_text_atomic(run_dir / INCOMPLETE, f"{resume_command(run_dir)}\n")
     artifacts = run_dir / "training_artifacts"
     dense = None
     try:

@@ -12,7 +12,6 @@ from typing import Any
 import click
 
 from sparsify.errors import UsageError
-from sparsify.families import FAMILIES
 from sparsify.pipeline import TRAIN_RESULT, _stages, export_and_report, load_task_builder
 from sparsify.plan import Plan
 from sparsify.rundir import INCOMPLETE, run_log
@@ -84,9 +83,9 @@ def resume_run(run_dir: Path, given: Plan | None = None, data: str | None = None
     export and report as an uninterrupted run would.
 
     Raises:
-        UsageError: not a run folder, a finished run ("already complete"), a use case whose
-            trainer cannot resume yet, or ``given`` (the command line's plan) or ``data``
-            differing from what the run recorded (every difference listed).
+        UsageError: not a run folder, a finished run ("already complete"), or ``given`` (the
+            command line's plan) or ``data`` differing from what the run recorded (every
+            difference listed).
     """
     from sparsify.trainers.common import resolve_device
 
@@ -94,11 +93,6 @@ def resume_run(run_dir: Path, given: Plan | None = None, data: str | None = None
     if not (run_dir / INCOMPLETE).is_file():
         raise UsageError(f"{run_dir} is already complete: its training finished.",
                          hint=f"Export it again with: sparsify.run export {run_dir}")
-    if not FAMILIES[plan.use_case.family].resumable:
-        raise UsageError(f"{plan.use_case.id} runs cannot be resumed yet (image "
-                         "classification and the text use cases can).",
-                         hint="Start the run again; `sparsify.run export RUN_DIR` exports the "
-                              "last checkpoint of this one.")
     differences = _differences(recorded, given, data)
     if differences:
         raise UsageError(f"The arguments differ from those {run_dir.name} was started with: "

@@ -19,7 +19,6 @@ import yaml
 
 pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "sparsify.run")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def _text_case(root: Path) -> tuple[list[str], str, str]:
@@ -52,7 +51,21 @@ def _image_case(root: Path) -> tuple[list[str], str, str]:
     return args, "model_last.pth", "top1"
 
 
+def _yolo_case(root: Path) -> tuple[list[str], str, str]:
+    pytest.importorskip("ultralytics")
+    from sparsify.data.synthetic_yolo import make_synthetic_yolo_dataset
+
+    make_synthetic_yolo_dataset(root / "data", "detect", train_images=12, val_images=4,
+                                size=64, seed=0)
+    args = ["--use-case", "yolo", "--data", str(root / "data"), "--model", "yolov8n.yaml",
+            "--recipe-args", json.dumps({"num_epochs": 4}),
+            "--train-kwargs", json.dumps({"batch_size": 4, "image_size": 64})]
+    return args, "model_final.pt", "map50_95"
+
+
 def _weights(path: Path) -> dict[str, torch.Tensor]:
+    if path.name == "model_final.pt":  # the trained module itself (written by the run)
+        return torch.load(path, map_location="cpu", weights_only=False)["model"].state_dict()
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -60,15 +73,22 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
 def _run(args: list[str]) -> subprocess.CompletedProcess:
     out = subprocess.run([CLI, "sparse-transfer", *args], capture_output=True, text=True,
-                         env=ENV, timeout=900)
+                         env=_env(), timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return out
 
 
-@pytest.mark.parametrize("case", [_text_case, _image_case], ids=["text", "image"])
-def test_ctrl_c_then_resume_ends_as_the_uninterrupted_run(tmp_path, case):
+@pytest.mark.parametrize("case", [_text_case, _image_case, _yolo_case],
+                         ids=["text", "image", "yolo"])
+def test_ctrl_c_then_resume_ends_as_the_uninterrupted_run(tmp_path, case, monkeypatch):
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics_config"))
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
     args, weights, metric = case(tmp_path)
     _run([*args, "--device", "cpu", "--working-dir", str(tmp_path / "whole")])
     (whole,) = (tmp_path / "whole").glob("sparse_transfer_*")
@@ -76,7 +96,7 @@ def test_ctrl_c_then_resume_ends_as_the_uninterrupted_run(tmp_path, case):
     work = tmp_path / "stopped"
     proc = subprocess.Popen([CLI, "sparse-transfer", *args, "--device", "cpu",
                              "--working-dir", str(work)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=_env())
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None and not (
             list(work.glob("*/training_artifacts/**/resume.pth"))):

@@ -65,13 +65,3 @@ def test_latest_is_the_newest_incomplete_folder(tmp_path):
 def test_use_case_and_data_are_required_without_resume(tmp_path):
     assert "Missing option '--use-case'" in _invoke("--data", str(tmp_path))
     assert "Missing option '--data'" in _invoke("--use-case", "ic")
-
-
-def test_a_use_case_that_cannot_resume_is_refused_before_anything_runs(tmp_path):
-    run = tmp_path / "work" / "sparse_transfer_object_detection_2026_01_01_00_00_00"
-    run.mkdir(parents=True)
-    plan = build_plan(resolve_use_case("yolo"), 0.5, model="yolov8n.yaml")
-    (run / "plan.yaml").write_text(plan_to_yaml(plan, {"data": str(tmp_path / "missing")}))
-    (run / "recipe.yaml").write_text(load_recipe(plan.recipe, plan.recipe_args).to_yaml())
-    (run / INCOMPLETE).write_text("Training did not finish.\n")
-    assert "cannot be resumed yet" in _invoke("--resume", str(run))

@@ -32,6 +32,8 @@ def stage_dataset(dataset: YoloDataset, out_dir: Path) -> Path:
     data folder.
     """
     staged = out_dir / "dataset"
+    # made again when a resumed run stages its data once more (links and label copies of ours)
+    shutil.rmtree(staged, ignore_errors=True)
     root = dataset.root if dataset.root.is_dir() else dataset.root.parent
     record: dict[str, list[str]] = {}
     for side, pairs in (("train", dataset.train), ("val", dataset.val)):

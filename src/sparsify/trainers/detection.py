@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -204,10 +203,15 @@ class DetectionTask:
     def train(self, recipe: Any, teacher: nn.Module | None = None, phase: str = "main",
               resume: Path | None = None) -> TrainResult:
         """Train under the recipe (YOLO has one phase: no teacher of its own, see
-        ``Family.distills``)."""
-        if resume is not None:  # Family.resumable is False: the CLI refuses --resume first
-            raise ValueError("this trainer does not resume (Family.resumable)")
+        ``Family.distills``).
+
+        A resumable checkpoint (``training_artifacts/resume.pth``,
+        :mod:`sparsify.trainers.detection_resume`) is written at the end of every epoch;
+        Ultralytics' loop cannot start inside an epoch, so a signal stops at the next batch
+        and ``resume`` repeats that epoch from its start."""
+        from sparsify import stop
         from sparsify.modifiers.lifecycle import ModifierLifecycle
+        from sparsify.trainers.detection_resume import YoloResume
 
         if teacher is not None:
             logger.warning("Distillation is not available for YOLO training yet; the teacher "
@@ -223,9 +227,17 @@ class DetectionTask:
             trainer.args.warmup_epochs = 0.0  # the recipe owns the LR from the first step
         trainer.lifecycle = lifecycle
         state = {"qat_ready": False}
+        resumable = YoloResume(trainer, lifecycle, recipe, self.plan.seed, resume)
 
         def on_train_start(tr: Any) -> None:
             lifecycle.initialize(tr.optimizer, max(1, len(tr.train_loader)))
+            resumable.attach()
+            if resumable.saved is not None and resumable.saved["qat_ready"]:
+                # the structure first (QAT modules, quantized SiLUs), then the weights
+                resumable.restore_structure()
+                self._qat_started(tr)
+                state["qat_ready"] = True
+            resumable.restore()
             tr.masked_names = lifecycle.masked_parameter_names()
 
         def on_epoch_start(tr: Any) -> None:
@@ -249,17 +261,25 @@ class DetectionTask:
         trainer.add_callback("on_train_start", on_train_start)
         trainer.add_callback("on_train_epoch_start", on_epoch_start)
         trainer.add_callback("on_train_batch_start", on_batch_start)
-        trainer.add_callback("on_train_epoch_end", on_epoch_end)
+        def on_batch_end(tr: Any) -> None:
+            from sparsify.trainers.resume import stop_requested
 
-        started = time.monotonic()
-        trainer.train()
+            if stop_requested():
+                raise resumable.stopped()
+
+        trainer.add_callback("on_train_epoch_end", on_epoch_end)
+        trainer.add_callback("on_train_batch_end", on_batch_end)
+        trainer.add_callback("on_fit_epoch_end", lambda tr: resumable.save(state["qat_ready"]))
+
+        with stop.graceful():
+            trainer.train()
+        seconds = resumable.seconds()
         lifecycle.finalize()
         self.qat = lifecycle.qat_active
         final = trainer.model if self.qat or trainer.ema is None else trainer.ema.ema
         if final is not trainer.model:
             mask_like_(final, trainer.model, lifecycle.masked_parameter_names())
         self.model = final.float().cpu().eval()
-        seconds = time.monotonic() - started
 
         metrics = self.evaluate(self.model)
         metrics["sparsity"] = prunable_sparsity(

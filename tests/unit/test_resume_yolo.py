@@ -1,0 +1,122 @@
+"""Resuming the Ultralytics trainer: a YOLO training stopped by a signal mid-pruning or mid-QAT
+and resumed in a fresh task from the last epoch's checkpoint ends bit-identical to the
+uninterrupted one (CPU, no loader workers): weights, masks, metrics and history."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparsify.plan import build_plan
+from sparsify.recipe.parser import parse_recipe
+from sparsify.stop import Stopped
+from sparsify.trainers import resume as resume_module
+from sparsify.trainers.resume import RESUME, find_resume
+from sparsify.usecases import resolve_use_case
+
+pytest.importorskip("ultralytics")
+
+#: 6 epochs of 3 batches: pruning 0-3, QAT from 4 (observers frozen at 5), the LR set by the
+#: recipe, mosaic on until the last 2 epochs
+RECIPE = """
+modifiers:
+  - !EpochRangeModifier
+    start_epoch: 0.0
+    end_epoch: 6.0
+  - !LearningRateFunctionModifier
+    start_epoch: 0.0
+    end_epoch: 6.0
+    lr_func: linear
+    init_lr: 0.002
+    final_lr: 0.0002
+  - !GMPruningModifier
+    params: __ALL_PRUNABLE__
+    init_sparsity: 0.2
+    final_sparsity: 0.6
+    start_epoch: 0.0
+    end_epoch: 3.0
+    update_frequency: 1.0
+  - !QuantizationModifier
+    start_epoch: 4.0
+    disable_quantization_observer_epoch: 5.0
+    freeze_bn_stats_epoch: 5.0
+"""
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from sparsify.data.synthetic_yolo import make_synthetic_yolo_dataset
+
+    root = tmp_path_factory.mktemp("resume_yolo")
+    make_synthetic_yolo_dataset(root / "data", "detect", train_images=12, val_images=4,
+                                size=64, seed=0)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _offline(workspace, monkeypatch):
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(workspace / "ultralytics_config"))
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+
+
+def _task(root, name):
+    from sparsify.trainers.detection import DetectionTask
+
+    plan = build_plan(resolve_use_case("yolo"), 0.5, model="yolov8n.yaml",
+                      train_kwargs={"batch_size": 4, "image_size": 64, "num_workers": 0})
+    run_dir = root / name
+    run_dir.mkdir(exist_ok=True)
+    task = DetectionTask(plan, str(root / "data"), run_dir)
+    torch.manual_seed(0)
+    task.load_model()
+    return task
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workspace):
+    from _pytest.monkeypatch import MonkeyPatch
+
+    with MonkeyPatch.context() as patch:
+        patch.setenv("YOLO_CONFIG_DIR", str(workspace / "ultralytics_config"))
+        patch.setenv("YOLO_OFFLINE", "1")
+        task = _task(workspace, "whole")
+        result = task.train(parse_recipe(RECIPE))
+    return task.model.state_dict(), result
+
+
+def _stop_at_batch(monkeypatch, batches):
+    calls = []
+
+    def asked():
+        calls.append(1)
+        return len(calls) >= batches
+
+    monkeypatch.setattr(resume_module, "stop_requested", asked)
+
+
+@pytest.mark.parametrize("stop_at, epochs_done, where", [(8, 2, "mid-pruning"),
+                                                         (17, 5, "mid-QAT")])
+def test_resumed_run_ends_bit_identical(workspace, uninterrupted, monkeypatch, stop_at,
+                                        epochs_done, where):
+    first = _task(workspace, f"stopped_{stop_at}")
+    _stop_at_batch(monkeypatch, stop_at)  # asked after every batch: 3 a epoch
+    with pytest.raises(Stopped):
+        first.train(parse_recipe(RECIPE))
+    monkeypatch.undo()
+    artifacts = first.run_dir / "training_artifacts"
+    path = find_resume(artifacts)
+    assert path.name == RESUME
+    saved = torch.load(path, weights_only=True)
+    assert saved["epoch"] == epochs_done, where  # the stopped epoch is repeated
+    assert saved["qat_ready"] == (epochs_done > 4)
+    # a fresh task (the data staged again in the same folder), then the checkpoint
+    second = _task(workspace, f"stopped_{stop_at}")
+    result = second.train(parse_recipe(RECIPE), resume=path)
+    state, expected = uninterrupted
+    got = second.model.state_dict()
+    assert got.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(got[key], value), f"{where}: {key} differs after resuming"
+    assert result.metrics == expected.metrics
+    assert result.history == expected.history
+    assert (result.best_epoch, result.pruned) == (expected.best_epoch, expected.pruned)
