@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from tiny_models import TinyResNet
 
-from sparsify.errors import RecipeError
+from sparsify.errors import ModelNotFoundError, RecipeError
 from sparsify.modifiers.layer_pruning import LayerPruningModifier, kept_count, kept_indices
 from sparsify.modifiers.lifecycle import ModifierLifecycle
 from sparsify.recipe.parser import load_recipe, parse_recipe
@@ -139,22 +139,27 @@ def test_shrunk_checkpoint_restores_into_a_fresh_full_depth_model(quant):
         assert torch.equal(fresh(input_ids=ids(5)).logits, expected)
 
 
-def test_checkpoint_completed_with_the_fresh_models_own_entries_still_loads():
-    """A trainer may complete a saved state dict with the fresh full-depth model's entries
-    (tied weights save_pretrained dropped) before restructuring: the removed layers' entries
-    are left out when it loads."""
+def test_a_checkpoint_lacking_entries_is_completed_after_the_layers_are_removed():
+    """save_pretrained leaves tied weights out of a checkpoint: ``complete`` takes them from
+    the restructured (shrunk) model, so no entry of a removed layer is offered to it."""
     model = tiny_bert(seed=0)
     lc = ModifierLifecycle(recipe(), model)
     train_steps(model, lc)
     lc.finalize()
     saved = model.state_dict()
+    missing = "bert.embeddings.token_type_embeddings.weight"
+    partial = {k: v for k, v in saved.items() if k != missing}
     fresh = tiny_bert(seed=3)
-    own = fresh.state_dict()
-    merged = {**{k: v for k, v in own.items() if k not in saved}, **saved}
-    assert any(k.startswith("bert.encoder.layer.3.") for k in merged)
-    restore_checkpoint(fresh, recipe(), merged, lc.started_modifiers(), path=None)
-    with torch.no_grad():
-        assert torch.equal(fresh(input_ids=ids()).logits, model(input_ids=ids()).logits)
+    own = fresh.state_dict()[missing].clone()
+    restore_checkpoint(fresh, recipe(), partial, lc.started_modifiers(), path=None,
+                       complete=True)
+    got = fresh.state_dict()
+    assert len(fresh.bert.encoder.layer) == 2
+    assert torch.equal(got[missing], own)
+    assert all(torch.equal(got[k], v) for k, v in partial.items())
+    with pytest.raises(ModelNotFoundError, match="does not fit"):  # without: refused
+        restore_checkpoint(tiny_bert(seed=3), recipe(), partial, lc.started_modifiers(),
+                           path=None)
 
 
 def test_resume_removes_the_layers_once():

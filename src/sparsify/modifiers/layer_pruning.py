@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from sparsify.errors import RecipeError, did_you_mean
 from sparsify.modifiers.base import Modifier, ModifierState
@@ -232,9 +232,6 @@ def remove_layers_(model: nn.Module, path: str, drop: list[int]) -> None:
                     module.layer_idx, bool):
                 module.layer_idx = new
     _update_config(model, total, kept)
-    if not getattr(stack, "_sparsify_drops_removed_keys", False):
-        stack.register_load_state_dict_pre_hook(_drop_removed_layer_keys)
-        stack._sparsify_drops_removed_keys = True
     logger.info("LayerPruningModifier: %s keeps layers %s of %d (%d -> %d layers)", path,
                 ", ".join(map(str, kept)), total, total, len(kept))
 
@@ -250,14 +247,3 @@ def _update_config(model: nn.Module, total: int, kept: list[int]) -> None:
     layer_types = getattr(config, "layer_types", None)
     if isinstance(layer_types, list) and len(layer_types) == total:
         config.layer_types = [layer_types[i] for i in kept]
-
-
-def _drop_removed_layer_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str,
-                             *args: Any) -> None:
-    """Loading a state dict into a shrunk stack: entries of layers past its end are those of the
-    full-depth model (a trainer that completes a checkpoint with the fresh model's own entries,
-    tied weights dropped by save_pretrained, before restructuring it): they are left out."""
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        head = key[len(prefix):].partition(".")[0]
-        if head.isdigit() and int(head) >= len(module):
-            del state_dict[key]

@@ -167,12 +167,15 @@ def check_replicas_agree(model: nn.Module) -> None:
 
 
 def restore_checkpoint(model: nn.Module, recipe: Any, state_dict: dict[str, Any],
-                       started: list[int], path: Path) -> bool:
+                       started: list[int], path: Path, complete: bool = False) -> bool:
     """Load a training checkpoint into a fresh copy of the starting model.
 
     The modifiers that had started when the checkpoint was written give the model their
     structure again (QAT modules, through the lifecycle), the state dict loads, and their
     end-of-training steps run (conv-bn folding), so the model is what training ended with.
+
+    ``complete``: entries the checkpoint lacks are taken from the restructured model itself
+    (weights ``save_pretrained`` leaves out because they are tied to others).
 
     Returns:
         Whether the restored model carries QAT structure (it then exports as INT8).
@@ -186,6 +189,9 @@ def restore_checkpoint(model: nn.Module, recipe: Any, state_dict: dict[str, Any]
 
     lifecycle = ModifierLifecycle(recipe, model)
     lifecycle.restore_structure(started)
+    if complete:
+        state_dict = {**{k: v for k, v in model.state_dict().items() if k not in state_dict},
+                      **state_dict}
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:

@@ -114,11 +114,9 @@ class NLPTask:
         if started is None:  # written before the lifecycle recorded it
             epoch = float(meta.get("epoch", 0))
             started = [i for i, m in enumerate(recipe.build_modifiers()) if m.start_epoch < epoch]
-        state = load_file(str(weights))
-        # save_pretrained drops weights tied to others (e.g. an output embedding): keep ours
-        own = self.model.state_dict()
-        state = {**{k: v for k, v in own.items() if k not in state}, **state}
-        self.qat = restore_checkpoint(self.model, recipe, state, started, folder)
+        # save_pretrained drops weights tied to others (e.g. an output embedding): ours complete it
+        self.qat = restore_checkpoint(self.model, recipe, load_file(str(weights)), started,
+                                      folder, complete=True)
         return meta
 
     def _features(self, examples: list[dict[str, Any]], train: bool) -> list[dict[str, Any]]:
