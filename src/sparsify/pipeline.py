@@ -112,6 +112,18 @@ def resolve_teacher(plan: Plan, task: Task) -> nn.Module | None:
     return task.load_teacher(locate_model(plan.use_case, plan.band, plan.teacher))
 
 
+def check_models(plan: Plan) -> None:
+    """A ``--model`` or ``--teacher`` that nothing can provide (a missing path, a stub neither
+    on this machine nor with a remote source) is refused before any data is read or any
+    folder made; what a download may provide is left to the load."""
+    from sparsify.zoo.resolve import check_available
+
+    if plan.model.origin == "user":
+        check_available(plan.model.spec)
+    if plan.teacher not in ("auto", "disable", "self"):
+        check_available(plan.teacher)
+
+
 def _shared_run_dir(working_dir: Path, use_case_id: str, device: str) -> Path:
     """Under a distributed launch the main process creates the run folder and every other rank
     is told its name (one folder per run, not one per process)."""
@@ -143,6 +155,7 @@ def sparse_transfer(plan: Plan, data: str, working_dir: Path) -> Path:
     from sparsify.trainers.common import resolve_device
 
     resolve_device(plan.device)  # an unavailable --device is refused before any folder exists
+    check_models(plan)
     rank, world = launch_rank()
     if world > 1:
         if "ultralytics" in FAMILIES[plan.use_case.family].modules:

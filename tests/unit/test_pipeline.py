@@ -110,3 +110,46 @@ def test_a_checkpoint_with_nan_weights_is_refused_and_leaves_no_folder(tmp_path)
     assert result.exit_code == 1, result.output
     assert "NaN or infinite" in result.output and "layer2.0.conv1.weight" in result.output
     assert not work.exists() or not list(work.iterdir())
+
+
+def _refused_before_the_data(tmp_path, *options):
+    """The data does not exist either: a model error (not a data error) shows the model was
+    checked first; nothing is created."""
+    work = tmp_path / "work"
+    result = CliRunner().invoke(cli, ["sparse-transfer", "--use-case", "ic",
+                                      "--data", str(tmp_path / "no_data"), "--device", "cpu",
+                                      "--working-dir", str(work), *options])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "no_data" not in result.output
+    assert not work.exists()
+    return result.output
+
+
+def test_a_missing_model_path_is_refused_before_the_data_is_read(tmp_path):
+    out = _refused_before_the_data(tmp_path, "--model", str(tmp_path / "gone.pth"))
+    assert f"Model path '{tmp_path / 'gone.pth'}' does not exist" in out
+
+
+def test_a_stub_nothing_provides_is_refused_before_the_data_is_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSIFY_ZOO_PATH", str(tmp_path / "zoo"))
+    monkeypatch.setenv("SPARSEZOO_MODELS_PATH", str(tmp_path / "sparsezoo"))
+    stub = "zoo:cv/classification/resnet_v1-50/pytorch/sparseml/imagenet/pruned95-none"
+    out = _refused_before_the_data(tmp_path, "--model", stub)
+    assert "stub not in the catalog, so no remote source" in out and "sparsify.zoo add" in out
+
+
+def test_a_missing_teacher_is_refused_before_the_data_is_read(tmp_path):
+    out = _refused_before_the_data(tmp_path, "--model", "resnet18",
+                                   "--teacher", str(tmp_path / "teacher.pth"))
+    assert f"Model path '{tmp_path / 'teacher.pth'}' does not exist" in out
+
+
+def test_what_a_download_can_provide_is_left_to_the_load(tmp_path, monkeypatch):
+    from sparsify.zoo.resolve import check_available
+
+    monkeypatch.setenv("SPARSIFY_ZOO_PATH", str(tmp_path / "zoo"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # a catalog stub with a remote source, a Hub id, a framework name: none cached here
+    check_available("zoo:cv/classification/resnet_v1-18/pytorch/sparseml/imagenet/base-none")
+    check_available("some-org/some-model")
+    check_available("resnet18")

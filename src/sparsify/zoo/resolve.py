@@ -206,6 +206,28 @@ def resolve_model(spec: str, *, download: bool = True, progress: bool = True,
         "with `sparsify.zoo add STUB PATH`."))
 
 
+def check_available(spec: str) -> None:
+    """Fail fast, before any data is read: ``spec`` (a ``--model`` or ``--teacher``) is a path
+    that exists, a stub this machine has or a remote source can provide, or a name a download
+    may provide (Hub ids, framework names: left to the load). No network.
+
+    Raises:
+        StubError: a malformed or unsafe stub.
+        ModelNotFoundError: a missing path, or a stub nothing can provide (every source tried
+            listed, as :func:`resolve_model` says it).
+    """
+    try:
+        resolve_model(spec, download=False, progress=False)
+    except ModelNotFoundError:
+        if not is_stub(spec):
+            if looks_like_path(spec.strip()):
+                raise
+            return  # a Hub id not in the cache: the load downloads it when online
+        entries = find_entries_by_stub(parse_stub(spec).without_query)
+        if not any(e.sources for e in entries):
+            raise
+
+
 def _resolve_stub(spec: str, *, download: bool, progress: bool,
                   trust_remote_code: bool) -> ResolvedModel:
     stub = parse_stub(spec)
