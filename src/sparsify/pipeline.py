@@ -156,30 +156,50 @@ def sparse_transfer(plan: Plan, data: str, working_dir: Path) -> Path:
 
     resolve_device(plan.device)  # an unavailable --device is refused before any folder exists
     check_models(plan)
-    rank, world = launch_rank()
+    _, world = launch_rank()
     if world > 1:
-        if "ultralytics" in FAMILIES[plan.use_case.family].modules:
-            raise UsageError(
-                f"{plan.use_case.id} cannot run under torchrun / accelerate launch: Ultralytics "
-                "starts its own multi-GPU processes.",
-                hint="Run sparsify.run as one process; multi-GPU YOLO training is not "
-                     "supported in this version.")
+        refuse_distributed(plan)
         run_dir = _shared_run_dir(working_dir, plan.use_case.id, plan.device)
     else:
         run_dir = create_run_dir(working_dir, plan.use_case.id)
+    return run_stages(plan, data, run_dir, build_task)
+
+
+def refuse_distributed(plan: Plan) -> None:
+    """Under a distributed launch, a use case whose trainer starts its own processes (YOLO).
+
+    Raises:
+        UsageError: it is such a use case.
+    """
+    if "ultralytics" in FAMILIES[plan.use_case.family].modules:
+        raise UsageError(
+            f"{plan.use_case.id} cannot run under torchrun / accelerate launch: Ultralytics "
+            "starts its own multi-GPU processes.",
+            hint="Run sparsify.run as one process; multi-GPU YOLO training is not "
+                 "supported in this version.")
+
+
+def run_stages(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder,
+               resume: bool = False) -> Path:
+    """:func:`_stages` on this process: the main one writes into ``run_dir`` (with its
+    ``run.log``); under a distributed launch the others train in a scratch folder of their own
+    (removed at the end), reading a resumed run's checkpoints from ``run_dir``."""
+    rank, world = launch_rank()
     if rank != 0:  # the main process logs and reports; the others only train (and fail)
         import tempfile
 
         logging.getLogger().setLevel(logging.ERROR)
         scratch = Path(tempfile.mkdtemp(prefix=f"sparsify-rank{rank}-"))
         try:
-            _stages(plan, data, scratch, build_task, main=False, distributed=True)
+            _stages(plan, data, scratch, build_task, main=False, distributed=True,
+                    resume=run_dir if resume else None)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return run_dir
-    (run_dir / "logs").mkdir()
+    (run_dir / "logs").mkdir(exist_ok=True)
     with run_log(run_dir):
-        return _stages(plan, data, run_dir, build_task, distributed=world > 1)
+        return _stages(plan, data, run_dir, build_task, distributed=world > 1,
+                       resume=run_dir if resume else None)
 
 
 Prepared = tuple[Task, Plan, "Recipe", "nn.Module | None"]
@@ -244,8 +264,9 @@ def _prepare_together(plan: Plan, data: str, run_dir: Path, build_task: TaskBuil
 
 
 def _stages(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder, main: bool = True,
-            distributed: bool = False, resume: bool = False) -> Path:
-    """The stages after the run folder exists.
+            distributed: bool = False, resume: Path | None = None) -> Path:
+    """The stages after the run folder exists; ``resume``: the run folder whose checkpoints
+    training continues from (``run_dir`` itself on the main process).
 
     The run folder's life: until training starts it holds nothing worth keeping, so any
     failure there (or Ctrl-C) removes it (a resumed run's folder is never removed). When
@@ -260,14 +281,14 @@ def _stages(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder, main:
         else:
             task, plan, recipe, teacher = _prepare(plan, data, run_dir, build_task)
     except BaseException:
-        if main and not resume:
+        if main and resume is None:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     from sparsify.recipe.parser import load_recipe
     from sparsify.trainers.resume import find_resume
 
-    if resume:  # exactly the recipe the checkpoints were written under
-        recipe = load_recipe(str(run_dir / "recipe.yaml"))
+    if resume is not None:  # exactly the recipe the checkpoints were written under
+        recipe = load_recipe(str(resume / "recipe.yaml"))
     elif main:
         click.echo(f"Run folder: {run_dir}")
         record = {"data": data}
@@ -285,7 +306,8 @@ def _stages(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder, main:
             if main and dense is not None:
                 dense.save(artifacts / "teacher" / TRAIN_RESULT)
         train = task.train(recipe, teacher,                                  # train
-                           resume=find_resume(artifacts) if resume else None)
+                           resume=find_resume(resume / "training_artifacts")
+                           if resume is not None else None)
     except SparsifyError as error:
         if main:
             _record_training_failure(plan, run_dir, error)
@@ -294,9 +316,11 @@ def _stages(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder, main:
         if main:
             _record_training_failure(plan, run_dir, SparsifyError(
                 "Stopped by a signal at a checkpoint."), status="interrupted")
-        stopped.message = (f"{'Terminated (SIGTERM)' if stopped.terminated else 'Interrupted'}"
-                           f": training stopped at a checkpoint. Resume with: "
-                           f"{resume_command(run_dir)}")
+        kind = "Terminated (SIGTERM)" if stopped.terminated else "Interrupted"
+        stopped.message = (f"{kind}: training stopped at a checkpoint. Resume with: "
+                           f"{resume_command(run_dir)}" if main else
+                           f"{kind}: training stopped with the main process, which wrote the "
+                           "checkpoint and names the command that resumes the run.")
         raise
     except KeyboardInterrupt:  # a second Ctrl-C, or a signal outside training steps
         if main:
@@ -313,12 +337,12 @@ def _stages(plan: Plan, data: str, run_dir: Path, build_task: TaskBuilder, main:
 TRAIN_RESULT = "train_result.json"
 
 
-def train_teacher(plan: Plan, task: Task, recipe: Recipe, resume: bool = False
+def train_teacher(plan: Plan, task: Task, recipe: Recipe, resume: Path | None = None
                   ) -> tuple[nn.Module | None, TrainResult | None]:
     """``--teacher auto``: fine-tune a dense copy of the starting model on the user's data
     (:func:`teacher_recipe`), keep its validation metrics, and let the student start from it.
-    ``resume``: a teacher that finished is loaded from its checkpoint, one interrupted goes on
-    from its resumable checkpoint.
+    ``resume`` (a run folder): a teacher that finished there is loaded from its checkpoint,
+    one interrupted goes on from its resumable checkpoint.
 
     Returns:
         ``(teacher, its TrainResult)``, or ``(None, None)`` when the recipe or the family has
@@ -341,8 +365,8 @@ def train_teacher(plan: Plan, task: Task, recipe: Recipe, resume: bool = False
         return None, None
     from sparsify.trainers.resume import find_resume
 
-    artifacts = task.run_dir / "training_artifacts" / "teacher"
-    if resume and (artifacts / TRAIN_RESULT).is_file():
+    artifacts = (resume or task.run_dir) / "training_artifacts" / "teacher"
+    if resume is not None and (artifacts / TRAIN_RESULT).is_file():
         dense = TrainResult.load(artifacts / TRAIN_RESULT)
         if not dense.used:
             return None, dense
@@ -356,7 +380,7 @@ def train_teacher(plan: Plan, task: Task, recipe: Recipe, resume: bool = False
     before = task.validate(student_start)
     task.model = copy.deepcopy(student_start)
     dense = task.train(phase, None, phase="teacher",
-                       resume=find_resume(artifacts) if resume else None)
+                       resume=find_resume(artifacts) if resume is not None else None)
     teacher = task.model
     after = dense.metrics
     logger.info("Dense teacher: %s after %d epochs (%.0f s); the starting model had %s %.4f.",

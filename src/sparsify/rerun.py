@@ -12,9 +12,15 @@ from typing import Any
 import click
 
 from sparsify.errors import UsageError
-from sparsify.pipeline import TRAIN_RESULT, _stages, export_and_report, load_task_builder
+from sparsify.pipeline import (
+    TRAIN_RESULT,
+    export_and_report,
+    load_task_builder,
+    refuse_distributed,
+    run_stages,
+)
 from sparsify.plan import Plan
-from sparsify.rundir import INCOMPLETE, run_log
+from sparsify.rundir import INCOMPLETE, launch_rank, run_log
 from sparsify.trainers.base import TrainResult
 
 logger = logging.getLogger(__name__)
@@ -101,9 +107,15 @@ def resume_run(run_dir: Path, given: Plan | None = None, data: str | None = None
                               "or start a new run.")
     resolve_device(plan.device)
     build_task = load_task_builder(plan)
-    click.echo(f"Resuming: {run_dir}")
-    with run_log(run_dir):
-        return _stages(plan, _recorded_data(recorded), run_dir, build_task, resume=True)
+    rank, world = launch_rank()
+    if world > 1:  # every process continues the same run folder
+        from accelerate import PartialState
+
+        refuse_distributed(plan)
+        PartialState(cpu=resolve_device(plan.device).type == "cpu")
+    if rank == 0:
+        click.echo(f"Resuming: {run_dir}")
+    return run_stages(plan, _recorded_data(recorded), run_dir, build_task, resume=True)
 
 
 def _check_same_split(recorded: Path, now: Path) -> None:

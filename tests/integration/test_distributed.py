@@ -82,3 +82,77 @@ def test_a_data_error_under_torchrun_stops_every_process_and_leaves_no_run_folde
     assert "[rank 1] Error: The main process failed while preparing the run" in out.stderr
     assert "unexpected failure" not in out.stderr
     assert not any((tmp_path / "runs").iterdir())
+
+
+def _workers(parent: int) -> list[int]:
+    """The worker processes torchrun started (its children)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children")
+    return [int(p) for p in children.read_text().split()] if children.exists() else []
+
+
+@pytest.mark.parametrize("use_case", ["sentiment", "ic"])
+def test_a_terminated_torchrun_run_resumes_under_torchrun(tmp_path, use_case):
+    """SIGTERM to both workers (what a scheduler sends): every rank stops at the same step, the
+    main process writes the checkpoint and INCOMPLETE; `torchrun ... --resume RUN_DIR` with two
+    processes finishes the run, the replicas identical."""
+    import signal
+    import time
+
+    if use_case == "sentiment":
+        from sparsify.data.synthetic_text import make_tiny_bert, sentiment_rows, write_csv
+
+        make_tiny_bert(tmp_path / "bert", hidden=32, intermediate=64)
+        write_csv(tmp_path / "reviews.csv", sentiment_rows(160))
+        args = ["--use-case", "sentiment", "--data", str(tmp_path / "reviews.csv"),
+                "--model", str(tmp_path / "bert"), "--optim-level", "0.5",
+                "--recipe-args", '{"num_epochs": 4, "init_lr": 0.003}',
+                "--train-kwargs", '{"batch_size": 8, "checkpoint_steps": 1}']
+    else:
+        make_synthetic_image_folder(tmp_path / "data", classes=("a", "b"), per_class=16,
+                                    size=32, split=True, seed=0, val_per_class=4)
+        torch.manual_seed(0)
+        torch.save({"state_dict": torchvision.models.resnet18(num_classes=2).state_dict(),
+                    "arch_key": "resnet18"}, tmp_path / "m.pth")
+        args = ["--use-case", "ic", "--data", str(tmp_path / "data"),
+                "--model", str(tmp_path / "m.pth"), "--optim-level", "0.5",
+                "--recipe-args", '{"num_epochs": 4}',
+                "--train-kwargs", '{"image_size": 32, "batch_size": 4, "num_workers": 0, '
+                                  '"checkpoint_steps": 1}']
+    work = tmp_path / "runs"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.Popen([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2",
+                             str(BIN / "sparsify.run"), "sparse-transfer", *args,
+                             "--working-dir", str(work)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and proc.poll() is None and not list(
+            work.glob("*/training_artifacts/**/resume.pth")):
+        time.sleep(0.2)
+    workers = _workers(proc.pid)
+    assert len(workers) == 2, workers
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    (run,) = work.iterdir()
+    command = f"sparsify.run sparse-transfer --resume {run}"
+    assert f"Terminated (SIGTERM): training stopped at a checkpoint. Resume with: {command}" \
+        in err, err[-4000:]
+    assert "training stopped with the main process" in err  # the other rank
+    # no traceback from our processes (torchrun's agent prints its own about the exit codes)
+    assert '/sparsify/' not in "".join(line for line in err.splitlines(True)
+                                       if line.lstrip().startswith('File "'))
+    assert (run / "INCOMPLETE").is_file()
+    assert yaml.safe_load((run / "metrics.yaml").read_text())["status"] == "interrupted"
+
+    resumed = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2",
+                              str(BIN / "sparsify.run"), "sparse-transfer", "--resume",
+                              str(run)], capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    assert resumed.stdout.count("Done: ") == 1
+    assert list(work.iterdir()) == [run]
+    log = (run / "run.log").read_text()
+    assert "Data-parallel check: parameters identical on all 2 ranks." in log
+    metrics = yaml.safe_load((run / "metrics.yaml").read_text())
+    assert metrics["status"] == "complete" and not (run / "INCOMPLETE").exists()
+    assert metrics["sparsity"]["overall"] >= 0.78 - 0.01

@@ -120,3 +120,18 @@ def test_resumed_run_ends_bit_identical(workspace, uninterrupted, monkeypatch, s
     assert result.metrics == expected.metrics
     assert result.history == expected.history
     assert (result.best_epoch, result.pruned) == (expected.best_epoch, expected.pruned)
+
+
+def test_a_full_disk_on_ultralytics_own_save_is_named(workspace, monkeypatch):
+    import errno
+
+    from sparsify.errors import TrainingError
+
+    task = _task(workspace, "full_disk")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(task.trainer, "save_model", full)
+    with pytest.raises(TrainingError, match="No space left on the device writing a checkpoint"):
+        task.train(parse_recipe(RECIPE))

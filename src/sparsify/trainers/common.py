@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,25 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         free = shutil.disk_usage(path.parent).free
         raise TrainingError(
             f"No space left on the device writing {path} (about {need / 2**20:.0f} MB needed, "
+            f"{free / 2**20:.0f} MB free).",
+            hint="Free some space (or use --working-dir on another disk) and resume: the last "
+                 "complete checkpoint is intact.") from None
+
+
+@contextlib.contextmanager
+def full_disk_named(folder: Path) -> Iterator[None]:
+    """A framework's own checkpoint write (the HF Trainer's, Ultralytics') that fails for want
+    of space becomes a :class:`~sparsify.errors.TrainingError` naming the folder."""
+    from sparsify.errors import TrainingError
+
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if not disk_full(exc):
+            raise
+        free = shutil.disk_usage(folder).free if folder.exists() else 0
+        raise TrainingError(
+            f"No space left on the device writing a checkpoint in {folder} ({exc}; "
             f"{free / 2**20:.0f} MB free).",
             hint="Free some space (or use --working-dir on another disk) and resume: the last "
                  "complete checkpoint is intact.") from None

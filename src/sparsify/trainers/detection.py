@@ -33,7 +33,12 @@ from sparsify.families import settings_for
 from sparsify.plan import Plan
 from sparsify.quantization import QATSiLU  # noqa: F401 - old checkpoints pickled it here
 from sparsify.trainers.base import ExportResult, TrainResult
-from sparsify.trainers.common import prunable_sparsity, resolve_device, seed_everything
+from sparsify.trainers.common import (
+    full_disk_named,
+    prunable_sparsity,
+    resolve_device,
+    seed_everything,
+)
 from sparsify.trainers.yolo_models import (
     freeze_dfl_,
     load_yolo_model,
@@ -271,7 +276,7 @@ class DetectionTask:
         trainer.add_callback("on_train_batch_end", on_batch_end)
         trainer.add_callback("on_fit_epoch_end", lambda tr: resumable.save(state["qat_ready"]))
 
-        with stop.graceful():
+        with stop.graceful(), full_disk_named(Path(trainer.save_dir)):  # Ultralytics' saves
             trainer.train()
         seconds = resumable.seconds()
         lifecycle.finalize()

@@ -31,7 +31,7 @@ from sparsify.plan import Plan
 from sparsify.trainers.base import ExportResult, TrainResult
 from sparsify.trainers.common import (
     check_replicas_agree,
-    disk_full,
+    full_disk_named,
     phase_dirs,
     prunable_sparsity,
     resolve_device,
@@ -236,16 +236,9 @@ class NLPTask:
                 teacher.to(trainer.args.device)
             if saved is not None:
                 logger.info("Resuming %s training from %s", phase, saved["loaded_from"])
-            try:
+            with full_disk_named(Path(args.output_dir)):  # the Trainer's own writes
                 trainer.train(resume_from_checkpoint=(
                     str(Path(saved["loaded_from"]).parent) if saved is not None else None))
-            except (OSError, RuntimeError) as exc:  # the Trainer's own checkpoint writes
-                if not disk_full(exc):
-                    raise
-                raise TrainingError(
-                    f"No space left on the device writing a checkpoint in {args.output_dir} "
-                    f"({exc}).", hint="Free some space (or use --working-dir on another disk) "
-                    "and resume: the last complete checkpoint is intact.") from None
         # finished: its resumable checkpoints are of no further use (the run is complete)
         shutil.rmtree(artifacts / HF_CHECKPOINTS, ignore_errors=True)
         lifecycle.finalize()
