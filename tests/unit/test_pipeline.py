@@ -153,3 +153,73 @@ def test_what_a_download_can_provide_is_left_to_the_load(tmp_path, monkeypatch):
     check_available("zoo:cv/classification/resnet_v1-18/pytorch/sparseml/imagenet/base-none")
     check_available("some-org/some-model")
     check_available("resnet18")
+
+
+def _image_run_args(tmp_path, **kwargs):
+    import json
+
+    import torch
+    import torchvision
+
+    from sparsify.data.synthetic import make_synthetic_image_folder
+
+    make_synthetic_image_folder(tmp_path / "data", classes=("a", "b"), per_class=8, size=32,
+                                split=True, seed=0, val_per_class=2)
+    torch.manual_seed(0)
+    torch.save({"state_dict": torchvision.models.resnet18(num_classes=2).state_dict(),
+                "arch_key": "resnet18"}, tmp_path / "init.pth")
+    return ["sparse-transfer", "--use-case", "ic", "--data", str(tmp_path / "data"),
+            "--model", str(tmp_path / "init.pth"), "--optim-level", "0", "--device", "cpu",
+            "--recipe-args", '{"num_epochs": 3}', "--working-dir", str(tmp_path / "work"),
+            "--train-kwargs", json.dumps({"image_size": 32, "batch_size": 4, "num_workers": 0,
+                                          **kwargs})]
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_run_resumable(tmp_path, monkeypatch):
+    """ENOSPC on the second resumable checkpoint: exit 1 naming the file and the space, the run
+    folder kept (INCOMPLETE, status failed), the first checkpoint intact, no temporary file."""
+    from pathlib import Path
+
+    import torch
+    import yaml
+
+    args = _image_run_args(tmp_path, checkpoint_steps=1)
+    save, writes = torch.save, []
+
+    def filling_disk(obj, path, *a, **kw):
+        if Path(path).name == ".resume.pth.tmp":
+            writes.append(path)
+            if len(writes) == 2:
+                with open(path, "wb") as handle:  # a part written, then the disk is full
+                    handle.write(b"partial")
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter "
+                                   "failed writing file data/3: file write failed")
+        return save(obj, path, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", filling_disk)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    (run,) = (tmp_path / "work").iterdir()
+    artifacts = run / "training_artifacts"
+    assert f"No space left on the device writing {artifacts / 'resume.pth'}" in result.output
+    assert "MB needed" in result.output and "MB free" in result.output
+    assert "Traceback" not in result.output and "unexpected failure" not in result.output
+    assert (run / "INCOMPLETE").is_file()
+    assert yaml.safe_load((run / "metrics.yaml").read_text())["status"] == "failed"
+    first = torch.load(artifacts / "resume.pth", weights_only=True)  # intact, readable
+    assert first["lifecycle"]["step"] == 1
+    assert not list(artifacts.glob(".*.tmp")) and not list(artifacts.glob(".*.new"))
+
+
+def test_ctrl_c_while_the_run_is_prepared_leaves_no_folder(tmp_path, monkeypatch):
+    from sparsify import pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    args = _image_run_args(tmp_path)
+    monkeypatch.setattr(pipeline, "_prepare", interrupted)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 130, result.output
+    assert "Interrupted." in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "work").exists() or not list((tmp_path / "work").iterdir())

@@ -88,8 +88,9 @@ def prunable_sparsity(model: nn.Module, names: list[str] | None = None) -> dict[
             "prunable_parameters": total}
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary name, then rename (never a half-written checkpoint).
+def save_checkpoint(path: Path, payload: dict[str, Any], previous: Path | None = None) -> None:
+    """``torch.save`` to a temporary name, then rename (never a half-written checkpoint);
+    ``previous``: the checkpoint being replaced is kept under that name.
 
     Raises:
         TrainingError: the disk is full (the file and the space it needed named; the
@@ -100,6 +101,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         torch.save(payload, tmp)
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
         tmp.unlink(missing_ok=True)

@@ -56,11 +56,7 @@ def save_resume(artifacts: Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` as the phase's newest resumable checkpoint; the one it replaces
     becomes ``resume.prev.pth`` (an interrupted write leaves both intact)."""
     path = artifacts / RESUME
-    tmp = artifacts / f".{RESUME}.new"
-    save_checkpoint(tmp, payload)
-    if path.exists():
-        path.replace(artifacts / PREVIOUS)
-    tmp.replace(path)
+    save_checkpoint(path, payload, previous=artifacts / PREVIOUS)
     return path
 
 
