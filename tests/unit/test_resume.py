@@ -107,6 +107,9 @@ def test_resumed_run_ends_bit_identical(workspace, uninterrupted, monkeypatch, s
     assert result.metrics == expected.metrics
     assert result.history == expected.history
     assert (result.best_epoch, result.pruned) == (expected.best_epoch, expected.pruned)
+    # the training cost counts every step once, across the interruption
+    assert {k: v["steps"] for k, v in result.cost.items()} == {
+        k: v["steps"] for k, v in expected.cost.items()}
 
 
 def test_checkpoints_keep_the_last_two_and_fall_back(workspace, monkeypatch):

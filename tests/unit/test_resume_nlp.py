@@ -114,6 +114,9 @@ def test_resumed_run_ends_bit_identical(workspace, uninterrupted, monkeypatch, s
     assert result.metrics == expected.metrics
     assert result.history == expected.history
     assert (result.best_epoch, result.pruned) == (expected.best_epoch, expected.pruned)
+    # the training cost counts every step once, across the interruption
+    assert {k: v["steps"] for k, v in result.cost.items()} == {
+        k: v["steps"] for k, v in expected.cost.items()}
     # a finished training leaves no resumable checkpoints behind
     assert find_resume(artifacts) is None
 

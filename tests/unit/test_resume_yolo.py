@@ -120,6 +120,9 @@ def test_resumed_run_ends_bit_identical(workspace, uninterrupted, monkeypatch, s
     assert result.metrics == expected.metrics
     assert result.history == expected.history
     assert (result.best_epoch, result.pruned) == (expected.best_epoch, expected.pruned)
+    # the training cost counts every step once, across the interruption
+    assert {k: v["steps"] for k, v in result.cost.items()} == {
+        k: v["steps"] for k, v in expected.cost.items()}
 
 
 def test_a_full_disk_on_ultralytics_own_save_is_named(workspace, monkeypatch):

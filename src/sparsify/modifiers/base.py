@@ -96,6 +96,9 @@ class Modifier:
     #: them, before the others, so that those look up their parameters on the structure that
     #: training uses.
     restructures_at_init: ClassVar[bool] = False
+    #: The training phase this modifier's active window counts as in the training cost
+    #: (``pruning`` while masks move, ``qat``); see :mod:`sparsify.modifiers.cost`.
+    cost_phase: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
         for name in self.epoch_fields:

@@ -16,6 +16,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from sparsify.modifiers.base import Event, EventType, Modifier, ModifierState
+from sparsify.modifiers.cost import TrainingCost
 
 if TYPE_CHECKING:
     import torch
@@ -43,6 +44,8 @@ class ModifierLifecycle:
         self.state = ModifierState(model=model, teacher=teacher,
                                    float_modules=list(float_modules or []))
         self.step = 0
+        self.cost = TrainingCost()
+        self._step_phase = "fine-tune"
         self._initialized = False
         self._finalized = False
         self._restructured: list[int] = []
@@ -109,6 +112,7 @@ class ModifierLifecycle:
 
     def batch_start(self) -> None:
         self._event(EventType.BATCH_START)
+        self._step_phase = self.phase()  # what this step trains under
 
     def loss_calculated(self, loss: Any, inputs: Any = None, outputs: Any = None) -> Any:
         """Returns the loss to back-propagate (a distillation modifier may replace it)."""
@@ -128,9 +132,20 @@ class ModifierLifecycle:
 
     def batch_end(self) -> None:
         self._event(EventType.BATCH_END)
+        self.cost.step(self._step_phase)
 
     def epoch_start(self) -> None:
         self._event(EventType.EPOCH_START)
+        self.cost.start()
+
+    def phase(self) -> str:
+        """The training phase the recipe is in now (:mod:`sparsify.modifiers.cost`)."""
+        if self.qat_active:
+            return "qat"
+        pruners = [m for m in self.modifiers if m.cost_phase == "pruning"]
+        if any(m.started and not m.ended for m in pruners):
+            return "pruning"
+        return "recovery" if any(m.ended for m in pruners) else "fine-tune"
 
     def epoch_end(self) -> None:
         self._event(EventType.EPOCH_END)
@@ -173,7 +188,8 @@ class ModifierLifecycle:
         """The lifecycle's part of a resumable checkpoint: the step and each modifier's
         :meth:`~sparsify.modifiers.base.Modifier.resume_state` (QAT's observer and BatchNorm
         freezes are not kept: they are re-applied at the first event after resuming)."""
-        return {"step": self.step, "modifiers": [m.resume_state() for m in self.modifiers]}
+        return {"step": self.step, "modifiers": [m.resume_state() for m in self.modifiers],
+                "cost": self.cost.state()}
 
     def load_resume_state(self, saved: dict[str, Any]) -> None:
         """After :meth:`initialize` on a fresh copy of the starting model, before the
@@ -187,6 +203,7 @@ class ModifierLifecycle:
             raise ValueError(f"the checkpoint has {len(saved['modifiers'])} modifiers, the "
                              f"recipe {len(self.modifiers)}")
         self.step = int(saved["step"])
+        self.cost.load_state(saved.get("cost", {}))
         for index in self.initialization_order():
             self.modifiers[index].load_resume_state(self.state, saved["modifiers"][index])
 

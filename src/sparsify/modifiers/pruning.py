@@ -97,6 +97,7 @@ class GMPruningModifier(_MaskingModifier):
 
     global_default: ClassVar[bool] = False
     resume_fields: ClassVar[tuple[str, ...]] = ("_masks", "_inits", "_n_updates")
+    cost_phase: ClassVar[str | None] = "pruning"
 
     def __post_init__(self) -> None:
         if self.global_default:

@@ -51,6 +51,7 @@ class QuantizationModifier(Modifier):
         "start_epoch", "end_epoch", "disable_quantization_observer_epoch",
         "freeze_bn_stats_epoch")
     until_end: ClassVar[bool] = True
+    cost_phase: ClassVar[str | None] = "qat"
 
     def validate(self) -> None:
         if self.end_epoch != -1:

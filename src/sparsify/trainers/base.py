@@ -40,6 +40,9 @@ class TrainResult:
     pruning_policy: list[str] = field(default_factory=list)
     #: for a dense teacher's fine-tune: whether the student distilled from it
     used: bool = True
+    #: optimizer steps, seconds and mean step time per training phase
+    #: (:meth:`sparsify.modifiers.cost.TrainingCost.report`)
+    cost: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
         """Written beside the checkpoints, so ``sparsify.run export`` can report it again."""

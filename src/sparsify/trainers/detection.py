@@ -300,7 +300,8 @@ class DetectionTask:
             "image_size": self.image_size, "qat": self.qat, "recipe": recipe.to_yaml(),
             "metrics": metrics})
         return TrainResult(metrics, best, best_epoch, epochs, history, seconds,
-                           lifecycle.masked_parameter_names(), lifecycle.pruning_policy())
+                           lifecycle.masked_parameter_names(), lifecycle.pruning_policy(),
+                           cost=lifecycle.cost.report())
 
     def _qat_started(self, trainer: Any) -> None:
         """QAT just began: quantize the SiLUs, switch AMP and the EMA off."""

@@ -297,7 +297,8 @@ class ImageClassificationTask:
         final["sparsity"] = prunable_sparsity(
             self.model, lifecycle.masked_parameter_names() or None)["overall"]
         return TrainResult(final, best, best_epoch, epochs, history, time.monotonic() - started,
-                           lifecycle.masked_parameter_names(), lifecycle.pruning_policy())
+                           lifecycle.masked_parameter_names(), lifecycle.pruning_policy(),
+                           cost=lifecycle.cost.report())
 
     def _checkpoint(self, model: nn.Module, recipe: Any, epoch: int, metrics: dict[str, float],
                     lifecycle: Any) -> dict[str, Any]:

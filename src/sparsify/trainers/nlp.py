@@ -250,7 +250,8 @@ class NLPTask:
             self.model, lifecycle.masked_parameter_names() or None)["overall"]
         return TrainResult(final, callback.best, callback.best_epoch, epochs, callback.history,
                            callback.seconds(), lifecycle.masked_parameter_names(),
-                           lifecycle.pruning_policy())
+                           lifecycle.pruning_policy(),
+                           cost=lifecycle.cost.report())
 
     # --- evaluation --------------------------------------------------------------------------
     @property
