@@ -2,9 +2,11 @@
 
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from sparsify.cli.main import cli
+from sparsify.errors import ModelNotFoundError
 
 
 def test_missing_extra_names_the_install_command(monkeypatch, tmp_path):
@@ -36,8 +38,6 @@ def test_every_use_case_has_a_trainer():
 
 
 def test_yolo_under_a_distributed_launch_is_refused_before_anything(monkeypatch, tmp_path):
-    import pytest
-
     pytest.importorskip("ultralytics")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
@@ -80,8 +80,6 @@ def test_an_unavailable_device_is_refused_before_any_folder(tmp_path):
     import torch
 
     if torch.cuda.device_count() > 1:
-        import pytest
-
         pytest.skip("this machine has a second CUDA device")
     result = CliRunner().invoke(cli, ["sparse-transfer", "--use-case", "ic", "--data", "x",
                                       "--device", "cuda:1", "--working-dir", str(tmp_path)])
@@ -223,3 +221,13 @@ def test_ctrl_c_while_the_run_is_prepared_leaves_no_folder(tmp_path, monkeypatch
     assert result.exit_code == 130, result.output
     assert "Interrupted." in result.output and "Traceback" not in result.output
     assert not (tmp_path / "work").exists() or not list((tmp_path / "work").iterdir())
+
+
+def test_ultralytics_config_names_are_not_taken_for_missing_paths(tmp_path, monkeypatch):
+    from sparsify.zoo.resolve import check_available
+
+    monkeypatch.chdir(tmp_path)  # no such files here
+    for name in ("yolov8n.yaml", "yolo11s-seg.yaml", "yolov8n.pt"):
+        check_available(name)
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        check_available("./yolov8n.yaml")  # a path: it must exist

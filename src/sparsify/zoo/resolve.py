@@ -16,6 +16,7 @@ is actually fetched.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +38,15 @@ _FILE_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".safetensors", ".onnx", ".ckpt
 LOADABLE_ORIGINS = ("path", "local zoo", "SparseZoo cache", "hf", "ultralytics", "url")
 
 
+#: an Ultralytics model config by name (``yolov8n.yaml``, ``yolo11s-seg.yaml``): built by
+#: Ultralytics from its own copy, not a local file
+ULTRALYTICS_CONFIG = re.compile(r"^yolo[A-Za-z0-9_.\-]*\.ya?ml$", re.IGNORECASE)
+
+
 def looks_like_path(spec: str) -> bool:
     """Whether ``spec`` is meant as a local path rather than a model name or a Hub id
     (``org/name`` has exactly one ``/`` and no leading ``.``, ``/`` or ``~``)."""
-    if ULTRALYTICS_NAME.match(spec):
+    if ULTRALYTICS_NAME.match(spec) or ULTRALYTICS_CONFIG.match(spec):
         return False
     return (spec.startswith((".", "/", "~", "\\")) or spec.count("/") > 1
             or spec.lower().endswith(_FILE_SUFFIXES))
