@@ -110,3 +110,39 @@ def test_shipped_gradual_recipes_prune_compute_layers_after_gmp_star(name):
     assert [lr.start_epoch for lr in lrs] == [0.0, 5.0]  # the LR rewinds when pruning ends
     assert lrs[1].init_lr > lrs[0].final_lr
     assert recipe.of_type("DistillationModifier") and recipe.variables["teacher_epochs"] == 7
+
+
+@pytest.mark.parametrize("config", ["yolov8n.yaml", "yolov8n-seg.yaml"])
+def test_detection_policy_leaves_the_stem_and_the_head_outputs_dense(config, tmp_path,
+                                                                     monkeypatch):
+    pytest.importorskip("ultralytics")
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    from ultralytics.nn.tasks import DetectionModel, SegmentationModel
+
+    from sparsify.trainers.yolo_models import freeze_dfl_
+
+    torch.manual_seed(0)
+    model = (SegmentationModel if "seg" in config else DetectionModel)(config, nc=3,
+                                                                       verbose=False)
+    freeze_dfl_(model)
+    head = model.model[-1]
+    prefix = f"model.{len(model.model) - 1}"
+    outputs = {f"{prefix}.{branch}.{i}.2.weight" for branch in ("cv2", "cv3", "cv4")
+               if hasattr(head, branch) for i in range(len(getattr(head, branch)))}
+    assert len(outputs) == (9 if "seg" in config else 6)
+    chosen = set(compute_layer_names(model))
+    dense = set(prunable_parameter_names(model)) - chosen
+    assert dense == outputs | {"model.0.conv.weight"}
+    assert not any("dfl" in n for n in chosen)
+    assert f"{prefix}.cv2.0.0.conv.weight" in chosen  # the head's inner convs are compute
+    params = _prune(model)
+    for name in dense:
+        assert _sparsity(params[name]) < 0.01, name
+    for name in chosen:
+        assert _sparsity(params[name]) == pytest.approx(0.8, abs=0.01), name
+
+
+def test_shipped_detection_recipe_prunes_compute_layers():
+    recipe = load_recipe("detection_gmp", {"target_sparsity": 0.78})
+    assert recipe.of_type("GMPruningModifier")[0].build().params == "__COMPUTE_LAYERS__"

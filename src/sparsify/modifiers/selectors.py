@@ -56,7 +56,8 @@ def compute_layer_names(model: torch.nn.Module) -> list[str]:
     dense: embeddings (lookup tables: no compute to save, and half a small transformer's
     weights), the input convolution (few weights, every later layer depends on it), depthwise
     convolutions (9 weights per channel: pruning them costs accuracy for no speed), and the
-    output layer (the last Linear of the model: the classifier or QA head). Linear layers count
+    output layers (the last Linear of the model: the classifier or QA head; a biased conv that
+    closes a ``Sequential``: a detection head's box / class / mask outputs). Linear layers count
     only inside repeated blocks (a numbered module such as ``encoder.layer.3``), which leaves a
     transformer's pooler and heads dense and keeps its Q/K/V, attention-output and FFN weights,
     as oBERT prunes them.
@@ -66,6 +67,14 @@ def compute_layer_names(model: torch.nn.Module) -> list[str]:
     convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
     linears = [n for n, m in model.named_modules()
                if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"]
+    # a conv with a bias that closes a Sequential is an output projection (no BatchNorm after
+    # it): a detection head's box, class and mask-coefficient outputs
+    outputs = set()
+    for sequence_name, sequence in model.named_modules():
+        if isinstance(sequence, nn.Sequential) and len(sequence):
+            last = sequence[-1]
+            if isinstance(last, convs) and last.bias is not None:
+                outputs.add(f"{sequence_name}.{len(sequence) - 1}")
     last_linear = linears[-1] if linears else None
     stem_seen = False
     names = []
@@ -80,6 +89,8 @@ def compute_layer_names(model: torch.nn.Module) -> list[str]:
                 continue
             if module.groups > 1 and module.groups == module.in_channels:
                 continue  # depthwise
+            if module_name in outputs:
+                continue
             names.append(full)
         elif isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
             in_block = any(part.isdigit() for part in module_name.split("."))
