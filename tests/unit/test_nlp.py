@@ -191,3 +191,28 @@ def test_generic_and_case_different_label_names_keep_the_head():
     assert _same_labels(["NEGATIVE", "POSITIVE"], ["negative", "positive"])
     assert not _same_labels(["positive", "negative"], ["negative", "positive"])
     assert not _same_labels(["a", "b"], ["a", "b", "c"])
+
+
+def test_latency_is_timed_at_max_seq_length_and_at_the_datas_p95(tiny, tmp_path):
+    from sparsify.data.synthetic_text import sentiment_rows, write_csv
+    from sparsify.plan import build_plan
+    from sparsify.trainers.nlp import NLPTask
+    from sparsify.usecases import resolve_use_case
+
+    rows = sentiment_rows(60)
+    write_csv(tmp_path / "train.csv", rows[:40])
+    write_csv(tmp_path / "validation.csv", rows[40:])
+    plan = build_plan(resolve_use_case("sentiment"), 0.5, model=str(tiny),
+                      train_kwargs={"max_seq_length": 96})
+    (tmp_path / "run").mkdir()
+    task = NLPTask(plan, str(tmp_path), tmp_path / "run")
+    task.load_model()
+    lengths = task.latency_lengths()
+    sizes = sorted(len(f["input_ids"]) for f in task.val_features)
+    assert lengths["max_seq_length"] == 96
+    assert lengths["data_p95"] == sizes[18]  # the 19th of 20: 95% are as long or shorter
+    assert lengths["data_p95"] < 96
+    for length in lengths.values():
+        inputs = task.latency_inputs(32, length=length)
+        assert all(v.shape == (32, length) for v in inputs.values())
+    assert task.latency_inputs(1)["input_ids"].shape == (1, 96)  # the deployment's length

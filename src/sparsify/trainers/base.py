@@ -176,5 +176,10 @@ class Task(Protocol):
     def export(self, deploy_dir: Path, baseline_path: Path) -> ExportResult:
         """Export ``model`` (INT8 when ``qat``) and ``baseline``; measure the fidelity."""
 
-    def latency_inputs(self, batch: int) -> dict[str, np.ndarray]:
-        """ONNX Runtime inputs of ``batch`` examples for the latency measurement."""
+    def latency_inputs(self, batch: int, length: int | None = None) -> dict[str, np.ndarray]:
+        """ONNX Runtime inputs of ``batch`` examples for the latency measurement (text:
+        ``length`` tokens, the deployment's ``max_seq_length`` when not given)."""
+
+    def latency_lengths(self) -> dict[str, int] | None:
+        """The sequence lengths to time, by name, the deployment's first (text:
+        ``{"max_seq_length": 128, "data_p95": 41}``); ``None`` where inputs have one size."""

@@ -366,7 +366,11 @@ class DetectionTask:
         labels = [Path(p) for p in img2label_paths([str(p) for p in images])]
         return [(i, lab if lab.is_file() else None) for i, lab in zip(images, labels)]
 
-    def latency_inputs(self, batch: int) -> dict[str, Any]:
+    def latency_lengths(self) -> None:
+        """Images have one input size."""
+        return None
+
+    def latency_inputs(self, batch: int, length: int | None = None) -> dict[str, Any]:
         """ONNX Runtime inputs of ``batch`` images for the latency measurement."""
         import numpy as np
 

@@ -355,7 +355,11 @@ class ImageClassificationTask:
         images = [self.val_ds[i][0] for i in range(min(n, len(self.val_ds)))]
         return torch.stack(images)
 
-    def latency_inputs(self, batch: int) -> dict[str, Any]:
+    def latency_lengths(self) -> None:
+        """Images have one input size."""
+        return None
+
+    def latency_inputs(self, batch: int, length: int | None = None) -> dict[str, Any]:
         """ONNX Runtime inputs of ``batch`` images for the latency measurement."""
         return {"input": self.sample_batch(1).repeat(batch, 1, 1, 1).numpy()}
 

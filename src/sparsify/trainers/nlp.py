@@ -330,16 +330,28 @@ class NLPTask:
 
     # --- export ------------------------------------------------------------------------------
     def sample_inputs(self, batch: int, length: int | None = None) -> dict[str, np.ndarray]:
-        """``batch`` copies of the first validation feature, padded to ``length``."""
-        feature = {k: self.val_features[0][k] for k in self.input_names}
+        """``batch`` copies of the first validation feature, padded (or cut) to ``length``."""
+        feature = {k: self.val_features[0][k][:length] if length else self.val_features[0][k]
+                   for k in self.input_names}
         padded = self.tokenizer.pad([feature] * batch, padding="max_length" if length else True,
                                     padding_side="right",
                                     max_length=length, return_tensors="np")
         return {k: padded[k].astype(np.int64) for k in self.input_names}
 
-    def latency_inputs(self, batch: int) -> dict[str, np.ndarray]:
-        """ONNX Runtime inputs for the latency measurement: ``max_seq_length`` tokens."""
-        return self.sample_inputs(batch, min(self.max_len, 128))
+    def latency_inputs(self, batch: int, length: int | None = None) -> dict[str, np.ndarray]:
+        """ONNX Runtime inputs for the latency measurement: ``length`` tokens (default: the
+        deployment's ``max_seq_length``)."""
+        return self.sample_inputs(batch, length or self.max_len)
+
+    def latency_lengths(self) -> dict[str, int]:
+        """The deployment's ``max_seq_length`` and the validation data's 95th-percentile
+        tokenized length (what most real inputs take; one entry when they are equal)."""
+        sizes = sorted(len(f["input_ids"]) for f in self.val_features)
+        p95 = sizes[min(len(sizes) - 1, math.ceil(0.95 * len(sizes)) - 1)] if sizes else 0
+        lengths = {"max_seq_length": self.max_len}
+        if 0 < p95 < self.max_len:
+            lengths["data_p95"] = p95
+        return lengths
 
     def export(self, deploy_dir: Path, baseline_path: Path) -> ExportResult:
         from sparsify.export.nlp import export_transformer
