@@ -78,3 +78,32 @@ def peak_memory() -> dict[str, float]:
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         out["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
+
+
+def cost_section(main: dict[str, dict[str, float]],
+                 teacher: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """``metrics.yaml``'s ``training_cost``: the phases of the dense teacher's fine-tune
+    (reported as ``teacher``) and of the training, and the process's peak memory."""
+    phases: dict[str, dict[str, float]] = {}
+    for name, entry in (teacher or {}).items():
+        merged = phases.setdefault("teacher", {"steps": 0, "seconds": 0.0})
+        merged["steps"] += entry["steps"]
+        merged["seconds"] = round(merged["seconds"] + entry["seconds"], 2)
+    if "teacher" in phases:
+        phases["teacher"]["mean_step_ms"] = round(
+            1000 * phases["teacher"]["seconds"] / max(phases["teacher"]["steps"], 1), 1)
+    phases.update(main)
+    total = sum(e["seconds"] for e in phases.values())
+    return {"phases": phases, "step_seconds": round(total, 2), **peak_memory()}
+
+
+def cost_text(section: dict[str, Any]) -> str:
+    """One summary row: ``teacher 41 s (12 ms/step), pruning 80 s (15 ms/step), ...; peak
+    RSS 1.9 GB``."""
+    parts = [f"{name} {entry['seconds']:.0f} s ({entry['mean_step_ms']:.0f} ms/step)"
+             for name, entry in section.get("phases", {}).items()]
+    memory = f"peak RSS {section['peak_rss_mb'] / 1024:.1f} GB" if "peak_rss_mb" in section \
+        else ""
+    if "cuda_peak_allocated_mb" in section:
+        memory += f", CUDA {section['cuda_peak_allocated_mb'] / 1024:.1f} GB"
+    return "; ".join(p for p in (", ".join(parts), memory) if p)
