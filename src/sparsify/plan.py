@@ -100,6 +100,15 @@ def keep_layers_for_level(level: float) -> float | None:
     return round(0.5 - (level - 0.75) * 2 / 3, 4)
 
 
+def keep_channels_for_level(level: float) -> float | None:
+    """Share of the conv output channels of a user's image-classification model kept at the
+    smallest tier: 3/4 at 0.75 falling linearly to 1/2 at 1.0 (``ChannelPruningModifier``
+    through the recipe's ``keep_channels``); ``None`` below 0.75 (the model keeps its width)."""
+    if band_for_level(level).tier != "smallest":
+        return None
+    return round(0.75 - (level - 0.75), 4)
+
+
 def scheme_name(band: Band) -> str:
     """``dense FP32``, ``INT8`` or ``pruned + INT8``."""
     if band.pruned:
@@ -177,7 +186,8 @@ class Plan:
     @property
     def shrink(self) -> str | None:
         """What the run removes structurally (``LayerPruningModifier`` through the recipe's
-        ``keep_layers``), or why nothing at the smallest tier; ``None`` elsewhere."""
+        ``keep_layers``, ``ChannelPruningModifier`` through ``keep_channels``), or why nothing
+        at the smallest tier; ``None`` elsewhere."""
         keep = self.recipe_args.get("keep_layers")
         if isinstance(keep, (int, float)) and not isinstance(keep, bool):
             if keep >= 1:
@@ -187,16 +197,31 @@ class Plan:
                     f"(LayerPruningModifier keep_fraction {keep:g})")
         if keep is not None:
             return f"layers: keep_layers {keep!r} (as the recipe says)"
+        channels = self.recipe_args.get("keep_channels")
+        if isinstance(channels, (int, float)) and not isinstance(channels, bool):
+            if channels >= 1:
+                return "none: keep_channels 1.0 keeps every channel"
+            return (f"channels: keep {_share(channels)} of the output channels of each group of "
+                    "coupled convs, those of the largest filters, in multiples of 8 (the stem "
+                    "conv, grouped convs and the classifier's classes keep theirs) "
+                    f"(ChannelPruningModifier keep_fraction {channels:g})")
+        if channels is not None:
+            return f"channels: keep_channels {channels!r} (as the recipe says)"
         if self.band.tier != "smallest":
             return None
-        if recipe_family(self.use_case) != "nlp":
-            return ("none: image and detection models are not shrunk structurally yet (the "
-                    "catalog's smallest model serves this tier; a --model keeps its size)")
+        family = recipe_family(self.use_case)
+        if family == "detection":
+            return ("none: detection models are not shrunk structurally yet (the catalog's "
+                    "smallest model serves this tier; a --model keeps its size)")
         if self.model.origin != "user":
             architecture = self.model.entry.architecture if self.model.entry else "model"
-            return f"none: the catalog's smallest model is already shallow: {architecture}"
-        return ("none: a recipe given with --recipe decides (the plan sets no keep_layers; a "
-                "LayerPruningModifier in it removes layers)")
+            small = "shallow" if family == "nlp" else "small"
+            return f"none: the catalog's smallest model is already {small}: {architecture}"
+        if family == "nlp":
+            return ("none: a recipe given with --recipe decides (the plan sets no keep_layers; "
+                    "a LayerPruningModifier in it removes layers)")
+        return ("none: a recipe given with --recipe decides (the plan sets no keep_channels; a "
+                "ChannelPruningModifier in it removes channels)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``plan.yaml`` and ``--dry-run``."""
@@ -382,6 +407,12 @@ def build_plan(
         if keep is not None and choice.origin == "user" and recipe_family(use_case) == "nlp":
             # the shipped NLP recipes (gradual and constant pruning) carry LayerPruningModifier
             args.setdefault("keep_layers", keep)
+        channels = keep_channels_for_level(optim_level)
+        if (channels is not None and choice.origin == "user"
+                and recipe_family(use_case) == "image_classification"):
+            # the shipped image recipes (gradual and constant pruning) carry
+            # ChannelPruningModifier
+            args.setdefault("keep_channels", channels)
     return Plan(
         use_case=use_case, optim_level=optim_level, band=band, target_sparsity=target,
         model=choice, recipe=recipe_name, recipe_origin=origin, recipe_args=args,

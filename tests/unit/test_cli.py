@@ -49,7 +49,23 @@ def test_dry_run_shows_the_shrink_of_a_users_nlp_model(tmp_path):
     assert yaml.safe_load(result.output)["recipe"]["args"]["keep_layers"] == 0.5
     result = run("sparse-transfer", "--use-case", "ic", "--data", "./x", "--optim-level", "0.8",
                  "--dry-run")
-    assert yaml.safe_load(result.output)["shrink"].startswith("none: image and detection")
+    assert yaml.safe_load(result.output)["shrink"].startswith("none: the catalog's smallest")
+    result = run("sparse-transfer", "--use-case", "detection", "--data", "./x", "--optim-level",
+                 "0.8", "--model", "yolov8n.pt", "--dry-run")
+    assert yaml.safe_load(result.output)["shrink"].startswith("none: detection models are not")
+
+
+def test_dry_run_shows_the_channel_shrink_of_a_users_image_model(tmp_path):
+    result = run("sparse-transfer", "--use-case", "ic", "--data", "./x", "--optim-level",
+                 "0.75", "--model", "resnet18", "--working-dir", str(tmp_path), "--dry-run")
+    assert result.exit_code == 0, result.output
+    plan = yaml.safe_load(result.output)
+    assert plan["shrink"].startswith("channels: keep 3/4 of the output channels")
+    assert plan["recipe"]["args"]["keep_channels"] == 0.75
+    assert plan["recipe_as_applied"]["modifiers"][0]["type"] == "ChannelPruningModifier"
+    result = run("sparse-transfer", "--use-case", "ic", "--data", "./x", "--optim-level",
+                 "1.0", "--model", "resnet18", "--recipe-args", "keep_channels=0.6", "--dry-run")
+    assert yaml.safe_load(result.output)["recipe"]["args"]["keep_channels"] == 0.6
 
 
 @pytest.mark.parametrize("alias,canonical", [("qa", "question_answering"),

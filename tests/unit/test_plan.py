@@ -200,15 +200,69 @@ def test_a_users_recipe_gets_no_keep_layers():
     assert plan.shrink.startswith("none: a recipe given with --recipe decides")
 
 
-@pytest.mark.parametrize("use_case,model", [("ic", "resnet18"), ("ic", None),
-                                            ("detection", "yolov8n.pt"),
+@pytest.mark.parametrize("use_case,model", [("detection", "yolov8n.pt"),
                                             ("segmentation", None)])
-def test_image_and_yolo_plans_are_not_shrunk_yet(use_case, model):
+def test_yolo_plans_are_not_shrunk_yet(use_case, model):
     plan = build_plan(resolve_use_case(use_case), 0.9, model=model)
-    assert "keep_layers" not in plan.recipe_args
-    assert plan.to_dict()["shrink"].startswith("none: image and detection models are not "
-                                               "shrunk structurally yet")
+    assert "keep_layers" not in plan.recipe_args and "keep_channels" not in plan.recipe_args
+    assert plan.to_dict()["shrink"].startswith("none: detection models are not shrunk "
+                                               "structurally yet")
     assert "shrink" not in build_plan(resolve_use_case(use_case), 0.5, model=model).to_dict()
+
+
+# --- shrinking by width at the smallest tier (ChannelPruningModifier through keep_channels) ---
+
+
+@pytest.mark.parametrize("level,keep,share", [(0.5, None, None), (0.74, None, None),
+                                              (0.75, 0.75, "3/4"), (0.9, 0.6, "3/5"),
+                                              (1.0, 0.5, "1/2")])
+def test_smallest_tier_shrinks_a_user_image_model_by_channels(level, keep, share):
+    plan = build_plan(resolve_use_case("ic"), level, model="resnet18")
+    assert plan.recipe == "image_classification_gmp"
+    data = plan.to_dict()
+    if keep is None:
+        assert "keep_channels" not in plan.recipe_args and "shrink" not in data
+        return
+    assert plan.recipe_args["keep_channels"] == keep and "keep_layers" not in plan.recipe_args
+    assert data["shrink"].startswith(f"channels: keep {share} of the output channels")
+    assert f"ChannelPruningModifier keep_fraction {keep:g}" in data["shrink"]
+    from sparsify.recipe.parser import load_recipe
+
+    for name in ("image_classification_gmp", "image_classification_transfer"):  # run decides
+        shrink = load_recipe(name, plan.recipe_args | {"target_sparsity": 0.9}
+                             if name.endswith("gmp") else {"keep_channels": keep})
+        assert shrink.of_type("ChannelPruningModifier")[0].build().keep_fraction == keep
+
+
+def test_keep_channels_for_level_is_linear_from_three_quarters_to_a_half():
+    from sparsify.plan import keep_channels_for_level
+
+    assert keep_channels_for_level(0.74) is None
+    values = [keep_channels_for_level(x / 100) for x in range(75, 101)]
+    assert values == sorted(values, reverse=True)
+    assert values[0] == 0.75 and values[-1] == 0.5
+    assert keep_channels_for_level(0.8) == pytest.approx(0.7)
+
+
+def test_image_catalog_path_and_users_recipe_are_not_shrunk():
+    plan = build_plan(resolve_use_case("ic"), 0.9)
+    assert "keep_channels" not in plan.recipe_args
+    assert plan.shrink == "none: the catalog's smallest model is already small: mobilenet_v2"
+    plan = build_plan(resolve_use_case("ic"), 0.9, model="resnet18", recipe="my.yaml")
+    assert "keep_channels" not in plan.recipe_args
+    assert "ChannelPruningModifier in it removes channels" in plan.shrink
+
+
+def test_the_users_keep_channels_wins():
+    plan = build_plan(resolve_use_case("ic"), 1.0, model="resnet18",
+                      recipe_args={"keep_channels": 0.75})
+    assert plan.recipe_args["keep_channels"] == 0.75 and "keep 3/4" in plan.shrink
+    plan = build_plan(resolve_use_case("ic"), 0.8, model="resnet18",
+                      recipe_args={"keep_channels": 1.0})
+    assert plan.shrink == "none: keep_channels 1.0 keeps every channel"
+    plan = build_plan(resolve_use_case("ic"), 0.5, model="resnet18",
+                      recipe_args={"keep_channels": 0.5})  # any level, when asked
+    assert plan.shrink.startswith("channels: keep 1/2")
 
 
 def test_recorded_plan_keeps_keep_layers():

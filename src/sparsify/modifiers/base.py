@@ -91,6 +91,11 @@ class Modifier:
     #: Private attributes that change during training and that the model's and optimizer's
     #: state dicts do not hold: a resumable checkpoint keeps them (:meth:`resume_state`).
     resume_fields: ClassVar[tuple[str, ...]] = ()
+    #: Private attributes that say how the modifier changed the model's structure (the channels
+    #: it removed): every checkpoint keeps them (:meth:`structure_record`), and a fresh model is
+    #: given the same structure from them (:meth:`load_structure_record` before
+    #: :meth:`restructure`), not from its own weights.
+    structure_fields: ClassVar[tuple[str, ...]] = ()
     #: Whether the modifier changes the model's structure when it is initialised (removes
     #: layers): the lifecycle initialises such modifiers, and restructures a restored model with
     #: them, before the others, so that those look up their parameters on the structure that
@@ -159,6 +164,10 @@ class Modifier:
         return type(self).__name__
 
     @property
+    def initialized(self) -> bool:
+        return self._initialized
+
+    @property
     def started(self) -> bool:
         return self._started
 
@@ -218,6 +227,18 @@ class Modifier:
             setattr(self, name, value)
         if self._started:
             self.on_resume(state)
+
+    def structure_record(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the structure this modifier gave the model: its
+        :attr:`structure_fields` (plain values)."""
+        return {name: getattr(self, name) for name in self.structure_fields
+                if getattr(self, name, None) is not None}
+
+    def load_structure_record(self, record: dict[str, Any]) -> None:
+        """Take back :meth:`structure_record` (before :meth:`restructure` on a fresh model)."""
+        for name in self.structure_fields:
+            if name in record:
+                setattr(self, name, record[name])
 
     def finalize(self, state: ModifierState) -> None:
         if self._finalized:

@@ -99,8 +99,22 @@ class ModifierLifecycle:
         self.state.steps_per_epoch = steps_per_epoch
         self.step = start_step
         for index in self.initialization_order():
-            self.modifiers[index].initialize(self.state)
+            if not self.modifiers[index].initialized:  # see initialize_structure
+                self.modifiers[index].initialize(self.state)
         self._initialized = True
+
+    def initialize_structure(self) -> None:
+        """Initialise now the modifiers that change the model's structure when initialised
+        (:attr:`~sparsify.modifiers.base.Modifier.restructures_at_init`: layers or channels
+        removed), before the trainer builds its optimizer and a distributed wrapper registers
+        the parameters, so that both see the parameters training uses. :meth:`initialize`
+        then initialises the others. Optional: without it they initialise in
+        :meth:`initialize` (and replace the optimizer's references to parameters they
+        replace)."""
+        for index in self.initialization_order():
+            modifier = self.modifiers[index]
+            if modifier.restructures_at_init and not modifier.initialized:
+                modifier.initialize(self.state)
 
     def _event(self, kind: EventType, **data: Any) -> list[Any]:
         if not self._initialized:
@@ -163,11 +177,26 @@ class ModifierLifecycle:
         them so :meth:`restore_structure` can rebuild the trained model's structure."""
         return [i for i, m in enumerate(self.modifiers) if m.started]
 
-    def restore_structure(self, started: list[int]) -> None:
+    def structure_record(self) -> list[dict[str, Any]]:
+        """Per modifier (recipe order), how it changed the structure (the channels removed:
+        :meth:`~sparsify.modifiers.base.Modifier.structure_record`); a checkpoint keeps it
+        beside :meth:`started_modifiers` for :meth:`restore_structure`."""
+        return [m.structure_record() for m in self.modifiers]
+
+    def restore_structure(self, started: list[int],
+                          structure: list[dict[str, Any]] | None = None) -> None:
         """On a fresh copy of the starting model, redo the structural changes (QAT modules) of
         the modifiers that had started when a checkpoint was written, in
-        :meth:`initialization_order` (layer removal first, then recipe order), so the
-        checkpoint's state dict loads into the model; then :meth:`finalize_restored`."""
+        :meth:`initialization_order` (layer and channel removal first, then recipe order), so
+        the checkpoint's state dict loads into the model; then :meth:`finalize_restored`.
+
+        ``structure``: the checkpoint's :meth:`structure_record`; the modifiers redo what it
+        records (the channels removed then) instead of choosing again from this model's weights.
+        """
+        if structure is not None and len(structure) == len(self.modifiers):
+            for modifier, record in zip(self.modifiers, structure):
+                if record:
+                    modifier.load_structure_record(record)
         # only the modifiers that change the structure; the others' results (masked weights,
         # the learning rate reached) are in the checkpoint itself
         chosen = set(started)

@@ -14,6 +14,7 @@ MODIFIERS: dict[str, str] = {
     "SetWeightDecayModifier": "sparsify.modifiers.schedule:SetWeightDecayModifier",
     "TrainableParamsModifier": "sparsify.modifiers.schedule:TrainableParamsModifier",
     "LayerPruningModifier": "sparsify.modifiers.layer_pruning:LayerPruningModifier",
+    "ChannelPruningModifier": "sparsify.modifiers.channel_pruning:ChannelPruningModifier",
     "ConstantPruningModifier": "sparsify.modifiers.pruning:ConstantPruningModifier",
     "GMPruningModifier": "sparsify.modifiers.pruning:GMPruningModifier",
     "MagnitudePruningModifier": "sparsify.modifiers.pruning:MagnitudePruningModifier",

@@ -191,7 +191,8 @@ def check_replicas_agree(model: nn.Module) -> None:
 
 
 def restore_checkpoint(model: nn.Module, recipe: Any, state_dict: dict[str, Any],
-                       started: list[int], path: Path, complete: bool = False) -> bool:
+                       started: list[int], path: Path, complete: bool = False,
+                       structure: list[dict[str, Any]] | None = None) -> bool:
     """Load a training checkpoint into a fresh copy of the starting model.
 
     The modifiers that had started when the checkpoint was written give the model their
@@ -200,6 +201,9 @@ def restore_checkpoint(model: nn.Module, recipe: Any, state_dict: dict[str, Any]
 
     ``complete``: entries the checkpoint lacks are taken from the restructured model itself
     (weights ``save_pretrained`` leaves out because they are tied to others).
+
+    ``structure``: the checkpoint's ``ModifierLifecycle.structure_record()`` (the channels a
+    ``ChannelPruningModifier`` removed), redone as recorded rather than chosen again.
 
     Returns:
         Whether the restored model carries QAT structure (it then exports as INT8).
@@ -212,7 +216,7 @@ def restore_checkpoint(model: nn.Module, recipe: Any, state_dict: dict[str, Any]
     from sparsify.modifiers.lifecycle import ModifierLifecycle
 
     lifecycle = ModifierLifecycle(recipe, model)
-    lifecycle.restore_structure(started)
+    lifecycle.restore_structure(started, structure)
     if complete:
         state_dict = {**{k: v for k, v in model.state_dict().items() if k not in state_dict},
                       **state_dict}

@@ -143,6 +143,7 @@ class ImageClassificationTask:
         if teacher is not None:
             teacher = teacher.to(accelerator.device)
         lifecycle = ModifierLifecycle(recipe, model, teacher)
+        lifecycle.initialize_structure()  # channels removed before the optimizer sees them
         optimizer = build_optimizer(model, optimizer_name, lr, wd)
         model, optimizer, train_loader, val_loader = accelerator.prepare(
             model, optimizer, train_loader, val_loader)
@@ -306,7 +307,7 @@ class ImageClassificationTask:
                 "num_classes": len(self.class_names), "class_names": list(self.class_names),
                 "epoch": epoch, "metrics": metrics, "qat": lifecycle.qat_active,
                 "started_modifiers": lifecycle.started_modifiers(), "recipe": recipe.to_yaml(),
-                "image_size": self.image_size}
+                "structure": lifecycle.structure_record(), "image_size": self.image_size}
 
     def restore(self, recipe: Any, artifacts: Path, checkpoint: Path | None = None
                 ) -> dict[str, Any]:
@@ -317,7 +318,8 @@ class ImageClassificationTask:
         path = checkpoint or artifacts / "model_last.pth"
         payload = _load_payload(path)
         self.qat = restore_checkpoint(self.model, recipe, payload["state_dict"],
-                                      _started(payload, recipe), path)
+                                      _started(payload, recipe), path,
+                                      structure=payload.get("structure"))
         return payload
 
     def validate(self, model: nn.Module) -> dict[str, float]:
