@@ -141,6 +141,39 @@ def test_timm_model_at_level_05(workspace):
     assert integer_kernel_count(optimized_graph_op_counts(path)) >= 10
 
 
+def test_level_08_shrinks_channels_and_export_restores_them(workspace):
+    """A user's model at the smallest tier loses channels (keep_channels 0.7 at 0.8) after the
+    dense teacher, before pruning and QAT; ``sparsify.run export`` rebuilds the same structure
+    on the fresh starting model from the checkpoint's record (the teacher's weights chose it)."""
+    pytest.importorskip("torch_pruning")  # the [prune] extra; CI installs it through [all]
+    from onnx import numpy_helper
+
+    run, _ = run_cli(workspace, "0.8")
+    metrics = check_run_folder(run)
+    plan = yaml.safe_load((run / "plan.yaml").read_text())
+    assert plan["recipe"]["args"]["keep_channels"] == 0.7
+    assert plan["shrink"].startswith("channels: keep 7/10 of the output channels")
+    ckpt = torch.load(run / "training_artifacts/model_last.pth", weights_only=True)
+    record = next(r["_removed"] for r in ckpt["structure"] if r)
+    assert record["parameters"][1] < 0.6 * record["parameters"][0]
+    assert ckpt["state_dict"]["layer4.1.conv2.weight"].shape[:2] == (360, 360)  # 512 x 0.7
+    path = run / "deployment/model.onnx"
+    convs = [numpy_helper.to_array(i).shape for i in onnx.load(str(path)).graph.initializer]
+    convs = [s for s in convs if len(s) == 4]
+    assert convs and not any(512 in s[:2] for s in convs)
+    assert metrics["sparsity"]["overall"] >= plan["target_sparsity"] - 0.01
+    sample = dict(np.load(run / "deployment/sample_input.npz"))
+    before, shipped = run_onnx(path, sample)[0], metrics["export"]["format"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([CLI, "export", str(run)], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    after = run_onnx(path, sample)[0]
+    if yaml.safe_load((run / "metrics.yaml").read_text())["export"]["format"] == shipped:
+        np.testing.assert_array_equal(after, before)  # (the speed check may ship another form)
+    assert (after.argmax(-1) == before.argmax(-1)).all()
+
+
 def test_new_run_folder_each_time_never_overwrites(workspace):
     folder = workspace / "runs_0.0_init"
     first, _ = run_cli(workspace, "0.0") if not list(folder.glob("*")) else (
