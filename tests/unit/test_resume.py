@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from resume_helpers import assert_same_training, schedule, stop_after
 
 from sparsify.plan import build_plan
 from sparsify.recipe.parser import parse_recipe
@@ -15,29 +16,7 @@ from sparsify.trainers.resume import PREVIOUS, RESUME, find_resume
 from sparsify.usecases import resolve_use_case
 
 #: 5 epochs of 4 steps: gradual pruning 0-2, QAT from 3 (observers frozen at 4)
-RECIPE = """
-modifiers:
-  - !EpochRangeModifier
-    start_epoch: 0.0
-    end_epoch: 5.0
-  - !LearningRateFunctionModifier
-    start_epoch: 0.0
-    end_epoch: 5.0
-    lr_func: linear
-    init_lr: 0.005
-    final_lr: 0.0005
-  - !GMPruningModifier
-    params: __ALL_PRUNABLE__
-    init_sparsity: 0.2
-    final_sparsity: 0.7
-    start_epoch: 0.0
-    end_epoch: 2.0
-    update_frequency: 0.5
-  - !QuantizationModifier
-    start_epoch: 3.0
-    disable_quantization_observer_epoch: 4.0
-    freeze_bn_stats_epoch: 4.0
-"""
+RECIPE = schedule(epochs=5, prune_end=2, qat_start=3, init_lr=0.005)
 
 
 @pytest.fixture(scope="module")
@@ -74,21 +53,12 @@ def uninterrupted(workspace):
     return task.model.state_dict(), result
 
 
-def _stop_after(monkeypatch, steps):
-    calls = []
-
-    def asked():
-        calls.append(1)
-        return len(calls) >= steps
-
-    monkeypatch.setattr(resume_module, "stop_requested", asked)
-
 
 @pytest.mark.parametrize("stop_at, where", [(6, "mid-pruning"), (14, "mid-QAT")])
 def test_resumed_run_ends_bit_identical(workspace, uninterrupted, monkeypatch, stop_at, where):
     recipe = parse_recipe(RECIPE)
     first = _task(workspace, f"stopped_{stop_at}")
-    _stop_after(monkeypatch, stop_at)
+    stop_after(monkeypatch, stop_at)
     with pytest.raises(Stopped):
         first.train(recipe)
     monkeypatch.undo()
@@ -99,22 +69,13 @@ def test_resumed_run_ends_bit_identical(workspace, uninterrupted, monkeypatch, s
     second = _task(workspace, f"resumed_{stop_at}")
     second.run_dir = first.run_dir
     result = second.train(parse_recipe(RECIPE), resume=find_resume(artifacts))
-    state, expected = uninterrupted
-    got = second.model.state_dict()
-    assert got.keys() == state.keys()
-    for key, value in state.items():
-        assert torch.equal(got[key], value), f"{where}: {key} differs after resuming"
-    assert result.metrics == expected.metrics
-    assert result.history == expected.history
-    assert (result.best_epoch, result.pruned) == (expected.best_epoch, expected.pruned)
-    # the training cost counts every step once, across the interruption
-    assert {k: v["steps"] for k, v in result.cost.items()} == {
-        k: v["steps"] for k, v in expected.cost.items()}
+    expected_state, expected = uninterrupted
+    assert_same_training(result, second.model.state_dict(), expected, expected_state, where)
 
 
 def test_checkpoints_keep_the_last_two_and_fall_back(workspace, monkeypatch):
     task = _task(workspace, "steps", checkpoint_steps=1)
-    _stop_after(monkeypatch, 3)
+    stop_after(monkeypatch, 3)
     with pytest.raises(Stopped):
         task.train(parse_recipe(RECIPE))
     artifacts = task.run_dir / "training_artifacts"
@@ -131,7 +92,7 @@ def test_a_checkpoint_of_another_recipe_is_refused(workspace, monkeypatch):
     from sparsify.errors import ModelNotFoundError
 
     task = _task(workspace, "other_recipe")
-    _stop_after(monkeypatch, 2)
+    stop_after(monkeypatch, 2)
     with pytest.raises(Stopped):
         task.train(parse_recipe(RECIPE))
     with pytest.raises(ModelNotFoundError, match="another recipe"):

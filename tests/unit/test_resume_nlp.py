@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from resume_helpers import assert_same_training, schedule, stop_after
 
 from sparsify.plan import build_plan
 from sparsify.recipe.parser import parse_recipe
@@ -16,29 +17,7 @@ from sparsify.usecases import resolve_use_case
 
 #: 5 epochs of 4 steps (64 rows, batch 16): gradual pruning 0-2, QAT from 3 (observers frozen
 #: at 4), the LR set by the recipe
-RECIPE = """
-modifiers:
-  - !EpochRangeModifier
-    start_epoch: 0.0
-    end_epoch: 5.0
-  - !LearningRateFunctionModifier
-    start_epoch: 0.0
-    end_epoch: 5.0
-    lr_func: linear
-    init_lr: 0.001
-    final_lr: 0.0001
-  - !GMPruningModifier
-    params: __ALL_PRUNABLE__
-    init_sparsity: 0.2
-    final_sparsity: 0.7
-    start_epoch: 0.0
-    end_epoch: 2.0
-    update_frequency: 0.5
-  - !QuantizationModifier
-    start_epoch: 3.0
-    disable_quantization_observer_epoch: 4.0
-    freeze_bn_stats_epoch: 4.0
-"""
+RECIPE = schedule(epochs=5, prune_end=2, qat_start=3, init_lr=0.001)
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +50,6 @@ def uninterrupted(workspace):
     return task.model.state_dict(), result
 
 
-def _stop_after(monkeypatch, steps):
-    calls = []
-
-    def asked():
-        calls.append(1)
-        return len(calls) >= steps
-
-    monkeypatch.setattr(resume_module, "stop_requested", asked)
-
 
 @pytest.mark.parametrize("stop_at, where", [(6, "mid-pruning, mid-epoch"),
                                             (14, "mid-QAT, mid-epoch"),
@@ -88,7 +58,7 @@ def test_resumed_run_ends_bit_identical(workspace, uninterrupted, monkeypatch, s
     first = _task(workspace, f"stopped_{stop_at}")
     # stop_requested is asked once per step, except at an epoch's last step (asked after
     # the epoch's evaluation instead): the count of asks equals the step reached
-    _stop_after(monkeypatch, stop_at)
+    stop_after(monkeypatch, stop_at)
     with pytest.raises(Stopped):
         first.train(parse_recipe(RECIPE))
     monkeypatch.undo()
@@ -106,24 +76,15 @@ def test_resumed_run_ends_bit_identical(workspace, uninterrupted, monkeypatch, s
     second = _task(workspace, f"resumed_{stop_at}")
     second.run_dir = first.run_dir
     result = second.train(parse_recipe(RECIPE), resume=path)
-    state, expected = uninterrupted
-    got = second.model.state_dict()
-    assert got.keys() == state.keys()
-    for key, value in state.items():
-        assert torch.equal(got[key], value), f"{where}: {key} differs after resuming"
-    assert result.metrics == expected.metrics
-    assert result.history == expected.history
-    assert (result.best_epoch, result.pruned) == (expected.best_epoch, expected.pruned)
-    # the training cost counts every step once, across the interruption
-    assert {k: v["steps"] for k, v in result.cost.items()} == {
-        k: v["steps"] for k, v in expected.cost.items()}
+    expected_state, expected = uninterrupted
+    assert_same_training(result, second.model.state_dict(), expected, expected_state, where)
     # a finished training leaves no resumable checkpoints behind
     assert find_resume(artifacts) is None
 
 
 def test_step_checkpoints_keep_the_last_two_and_fall_back(workspace, monkeypatch):
     task = _task(workspace, "steps", checkpoint_steps=1)
-    _stop_after(monkeypatch, 3)
+    stop_after(monkeypatch, 3)
     with pytest.raises(Stopped):
         task.train(parse_recipe(RECIPE))
     artifacts = task.run_dir / "training_artifacts"

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from resume_helpers import assert_same_training, schedule, stop_after
 
 from sparsify.plan import build_plan
 from sparsify.recipe.parser import parse_recipe
 from sparsify.stop import Stopped
-from sparsify.trainers import resume as resume_module
 from sparsify.trainers.resume import RESUME, find_resume
 from sparsify.usecases import resolve_use_case
 
@@ -18,29 +18,8 @@ pytest.importorskip("ultralytics")
 
 #: 6 epochs of 3 batches: pruning 0-3, QAT from 4 (observers frozen at 5), the LR set by the
 #: recipe, mosaic on until the last 2 epochs
-RECIPE = """
-modifiers:
-  - !EpochRangeModifier
-    start_epoch: 0.0
-    end_epoch: 6.0
-  - !LearningRateFunctionModifier
-    start_epoch: 0.0
-    end_epoch: 6.0
-    lr_func: linear
-    init_lr: 0.002
-    final_lr: 0.0002
-  - !GMPruningModifier
-    params: __ALL_PRUNABLE__
-    init_sparsity: 0.2
-    final_sparsity: 0.6
-    start_epoch: 0.0
-    end_epoch: 3.0
-    update_frequency: 1.0
-  - !QuantizationModifier
-    start_epoch: 4.0
-    disable_quantization_observer_epoch: 5.0
-    freeze_bn_stats_epoch: 5.0
-"""
+RECIPE = schedule(epochs=6, prune_end=3, qat_start=4, init_lr=0.002, final_sparsity=0.6,
+                  update_frequency=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -84,22 +63,13 @@ def uninterrupted(workspace):
     return task.model.state_dict(), result
 
 
-def _stop_at_batch(monkeypatch, batches):
-    calls = []
-
-    def asked():
-        calls.append(1)
-        return len(calls) >= batches
-
-    monkeypatch.setattr(resume_module, "stop_requested", asked)
-
 
 @pytest.mark.parametrize("stop_at, epochs_done, where", [(8, 2, "mid-pruning"),
                                                          (17, 5, "mid-QAT")])
 def test_resumed_run_ends_bit_identical(workspace, uninterrupted, monkeypatch, stop_at,
                                         epochs_done, where):
     first = _task(workspace, f"stopped_{stop_at}")
-    _stop_at_batch(monkeypatch, stop_at)  # asked after every batch: 3 a epoch
+    stop_after(monkeypatch, stop_at)  # asked after every batch: 3 a epoch
     with pytest.raises(Stopped):
         first.train(parse_recipe(RECIPE))
     monkeypatch.undo()
@@ -112,17 +82,8 @@ def test_resumed_run_ends_bit_identical(workspace, uninterrupted, monkeypatch, s
     # a fresh task (the data staged again in the same folder), then the checkpoint
     second = _task(workspace, f"stopped_{stop_at}")
     result = second.train(parse_recipe(RECIPE), resume=path)
-    state, expected = uninterrupted
-    got = second.model.state_dict()
-    assert got.keys() == state.keys()
-    for key, value in state.items():
-        assert torch.equal(got[key], value), f"{where}: {key} differs after resuming"
-    assert result.metrics == expected.metrics
-    assert result.history == expected.history
-    assert (result.best_epoch, result.pruned) == (expected.best_epoch, expected.pruned)
-    # the training cost counts every step once, across the interruption
-    assert {k: v["steps"] for k, v in result.cost.items()} == {
-        k: v["steps"] for k, v in expected.cost.items()}
+    expected_state, expected = uninterrupted
+    assert_same_training(result, second.model.state_dict(), expected, expected_state, where)
 
 
 def test_a_full_disk_on_ultralytics_own_save_is_named(workspace, monkeypatch):
