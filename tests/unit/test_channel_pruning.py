@@ -256,12 +256,15 @@ def test_keep_fraction_one_changes_nothing_and_needs_no_extra(monkeypatch):
     assert lc.structure_record() == [{}]
 
 
-def test_missing_extra_names_prune(monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch_pruning", None)
+def test_missing_extra_names_prune_when_the_recipe_is_read(monkeypatch):
     lc = ModifierLifecycle(recipe(0.5), model_of("resnet18"))
-    with pytest.raises(MissingExtraError) as error:
-        lc.initialize(None, SPE)
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)
+    with pytest.raises(MissingExtraError) as error:  # before any training (a dense teacher)
+        load_recipe("image_classification_gmp", {"keep_channels": 0.5})
     assert error.value.extra == "prune" and "sparsify-transfer[prune]" in error.value.hint
+    with pytest.raises(MissingExtraError, match="ChannelPruningModifier"):  # and at the model
+        lc.initialize(None, SPE)
+    assert load_recipe("image_classification_gmp")  # keep_channels 1.0 needs nothing
 
 
 class LayerScaled(nn.Module):
@@ -348,3 +351,52 @@ def test_shipped_image_recipes_carry_keep_channels(name):
     assert load_recipe(name).variables["keep_channels"] == 1.0
     shrink = load_recipe(name, {"keep_channels": 0.75}).of_type("ChannelPruningModifier")
     assert shrink[0].build().keep_fraction == 0.75
+
+
+def test_image_trainer_resumes_a_shrunk_model_bit_identical(tmp_path, monkeypatch):
+    """The image loop removes the channels before building its optimizer; stopped mid-QAT and
+    resumed in a fresh task (the starting model again, then the checkpoint), it ends as the
+    uninterrupted training; its checkpoint restores into a fresh starting model."""
+    from resume_helpers import assert_same_training, schedule, stop_after
+
+    from sparsify.data.synthetic import make_synthetic_image_folder
+    from sparsify.plan import build_plan
+    from sparsify.stop import Stopped
+    from sparsify.trainers.image_classification import ImageClassificationTask
+    from sparsify.trainers.resume import find_resume
+    from sparsify.usecases import resolve_use_case
+
+    make_synthetic_image_folder(tmp_path / "data", classes=("a", "b"), per_class=9, size=24,
+                                split=True, val_per_class=3, seed=0)
+    torch.save({"state_dict": model_of("resnet18", seed=0).state_dict(),
+                "arch_key": "resnet18"}, tmp_path / "init.pth")
+    text = schedule(epochs=3, prune_end=1, qat_start=2, init_lr=0.005) + (
+        "  - !ChannelPruningModifier\n    keep_fraction: 0.5\n")
+
+    def task(name):
+        plan = build_plan(resolve_use_case("ic"), 0.5, model=str(tmp_path / "init.pth"),
+                          train_kwargs={"batch_size": 4, "num_workers": 0, "image_size": 24})
+        (tmp_path / name).mkdir()
+        made = ImageClassificationTask(plan, str(tmp_path / "data"), tmp_path / name)
+        made.load_model()
+        return made
+
+    whole = task("whole")
+    expected = whole.train(parse_recipe(text))
+    assert whole.model.fc.in_features == 256 and whole.model.layer4[1].conv2.out_channels == 256
+    first = task("stopped")
+    stop_after(monkeypatch, 7)
+    with pytest.raises(Stopped):
+        first.train(parse_recipe(text))
+    monkeypatch.undo()
+    second = task("resumed")
+    second.run_dir = first.run_dir
+    artifacts = first.run_dir / "training_artifacts"
+    result = second.train(parse_recipe(text), resume=find_resume(artifacts))
+    assert_same_training(result, second.model.state_dict(), expected,
+                         whole.model.state_dict(), "mid-QAT")
+    restored = task("restored")
+    restored.restore(parse_recipe(text), whole.run_dir / "training_artifacts")
+    x = images(2)
+    with torch.no_grad():
+        assert torch.equal(restored.model.eval()(x), whole.model.eval()(x))

@@ -33,6 +33,16 @@ logger = logging.getLogger(__name__)
 IMPORTANCES = ("l1", "l2")
 
 
+def _torch_pruning_installed() -> bool:
+    """Whether torch-pruning can be imported (looked up, not imported: no torch here)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("torch_pruning") is not None
+    except (ImportError, ValueError):  # a module entry set to None: blocked
+        return False
+
+
 @dataclass(kw_only=True)
 class ChannelPruningModifier(Modifier):
     """Remove output channels of an image-classification CNN's convs, once, before training.
@@ -86,6 +96,12 @@ class ChannelPruningModifier(Modifier):
             raise ValueError("end_epoch: removed channels stay removed; remove end_epoch (or "
                              "set it to -1)")
         self._removed: dict[str, Any] | None = None
+        if self.keep_fraction < 1 and not _torch_pruning_installed():
+            # said when the recipe is read (before a dense teacher trains), not at the student
+            from sparsify.errors import MissingExtraError
+
+            raise MissingExtraError("torch-pruning", "prune",
+                                    "ChannelPruningModifier (keep_fraction below 1)")
 
     # --- hooks -------------------------------------------------------------------------------
     def on_initialize(self, state: ModifierState) -> None:
