@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from sparsify.modifiers.cost import cost_section, cost_text
 from sparsify.rundir import write_text_atomic
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ def _base_report(plan: Plan, task: Task, train: TrainResult, dense: TrainResult 
         "scheme": plan.scheme,
         "recipe": plan.recipe,
         "task_metrics": _rounded(train.metrics),
+        "eval_metric": plan.eval_metric,
         "best_epoch": train.best_epoch,
         "best_epoch_metrics": _rounded(train.best_metrics),
         "epochs": train.epochs,
@@ -162,6 +164,7 @@ def _base_report(plan: Plan, task: Task, train: TrainResult, dense: TrainResult 
                                 "train_seconds": round(dense.seconds, 1),
                                 "distilled_from": dense.used}
         out["train_seconds_total"] = round(train.seconds + dense.seconds, 1)
+    out["training_cost"] = cost_section(train.cost, dense.cost if dense is not None else None)
     return out
 
 
@@ -182,7 +185,8 @@ def build_report(plan: Plan, task: Task, train: TrainResult, export: ExportResul
     from sparsify.export.inspect import float_ops_on_dequantized_inputs
 
     onnx_path, baseline_path = export.onnx, export.baseline_onnx
-    latency = measure_latencies(onnx_path, baseline_path, task.latency_inputs)
+    latency = measure_latencies(onnx_path, baseline_path, task.latency_inputs,
+                                task.latency_lengths())
     metrics = {"status": "complete", **_base_report(plan, task, train, dense)}
     metrics["sparsity"]["onnx_initializers"] = round(export.onnx_sparsity, 4)
     metrics["size"] = {"onnx_bytes": onnx_path.stat().st_size,
@@ -225,8 +229,9 @@ def summary_table(metrics: dict[str, Any]) -> str:
     if teacher:
         shared = [k for k in metrics["task_metrics"] if k in teacher["task_metrics"]
                   and k not in ("sparsity", "loss")]
-        if shared:
-            key = shared[0]
+        if shared:  # the metric that picks the best checkpoint (F1 for NER, not precision)
+            key = metrics.get("eval_metric") if metrics.get("eval_metric") in shared \
+                else shared[0]
             before, after = teacher["task_metrics"][key], metrics["task_metrics"][key]
             scale = 1.0 if key in ("exact_match",) or before > 1.0 else 100.0
             rows.append(("dense fine-tune", f"{key} {before:.4f} (teacher, {teacher['epochs']} "
@@ -254,6 +259,8 @@ def summary_table(metrics: dict[str, Any]) -> str:
         rows.append((f"latency {_where(key, lat)}",
                      f"{lat['model_ms']:.2f} ms vs dense FP32 {lat['dense_fp32_baseline_ms']:.2f} "
                      f"ms: {_speedup_text(lat)} speedup"))
+    if metrics.get("training_cost", {}).get("phases"):
+        rows.append(("training time", cost_text(metrics["training_cost"])))
     width = max(len(r[0]) for r in rows)
     table = "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
     for warning in metrics.get("warnings", []):
