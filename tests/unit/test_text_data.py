@@ -27,8 +27,10 @@ def load_task_data(data, family, kw, seed, split_record=None):
 
 def run_cli(tmp_path, use_case, data):
     work = tmp_path / "work"
+    model = tmp_path / "model"  # a folder that exists: the data is checked before it is read
+    model.mkdir(exist_ok=True)
     result = CliRunner().invoke(cli, ["sparse-transfer", "--use-case", use_case, "--data",
-                                      str(data), "--model", str(tmp_path / "no-model"),
+                                      str(data), "--model", str(model),
                                       "--working-dir", str(work)])
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
