@@ -365,3 +365,33 @@ def test_label_names_take_whole_floats_and_name_strangers(tmp_path):
     assert "stranger.jsonl, line 6: label 'neutral' is not one of the class names (neg, pos)" \
         in info.value.message
     assert "label_names" in info.value.hint and "validation" not in info.value.hint
+
+
+def test_a_script_only_hub_dataset_is_read_from_its_parquet_conversion(monkeypatch):
+    """Current ``datasets`` refuses loading scripts (conll2003): the Hub's Parquet conversion
+    of the same repository is read instead (a stand-in for the Hub here)."""
+    import datasets
+
+    from sparsify.data.text import PARQUET_REVISION, load_hub_dataset
+
+    calls = []
+
+    def hub(name, config=None, revision=None):
+        calls.append((name, config, revision))
+        if revision != PARQUET_REVISION:
+            raise RuntimeError("Dataset scripts are no longer supported, but found conll2003.py")
+        rows = {"tokens": [["EU", "rejects"], ["Peter"]], "ner_tags": [[3, 0], [1]]}
+        return datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows),
+                                     "validation": datasets.Dataset.from_dict(rows)})
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    splits = load_hub_dataset("conll2003")
+    assert calls == [("conll2003", None, None), ("conll2003", None, PARQUET_REVISION)]
+    assert len(splits.train) == 2
+
+    def missing(name, config=None, revision=None):
+        raise FileNotFoundError(f"Dataset '{name}' doesn't exist on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", missing)
+    with pytest.raises(DataError, match="Could not load the dataset 'nope'"):
+        load_hub_dataset("nope")

@@ -224,6 +224,24 @@ def looks_like_hub_dataset(spec: str) -> bool:
         and not spec.lower().endswith(DATA_SUFFIXES)
 
 
+#: the Hub's Parquet conversion of a dataset repository (every public dataset has one)
+PARQUET_REVISION = "refs/convert/parquet"
+
+
+def _load_dataset(datasets: Any, name: str, config: str | None) -> Any:
+    """``datasets.load_dataset``; a dataset that ships only a loading script (``conll2003``,
+    ``squad`` in some mirrors), which current ``datasets`` no longer runs, is read from the
+    Hub's Parquet conversion instead."""
+    try:
+        return datasets.load_dataset(name, config)
+    except Exception as exc:  # noqa: BLE001 - the message is the only sign of a script dataset
+        if "scripts are no longer supported" not in str(exc):
+            raise
+        logger.info("Dataset %s ships a loading script: reading the Hub's Parquet conversion "
+                    "(%s)", name, PARQUET_REVISION)
+        return datasets.load_dataset(name, config, revision=PARQUET_REVISION)
+
+
 def load_hub_dataset(spec: str) -> RawSplits:
     """A dataset from the Hub (or the ``datasets`` cache), train + validation.
 
@@ -239,7 +257,7 @@ def load_hub_dataset(spec: str) -> RawSplits:
     elif spec.lower().startswith("glue/") and spec.split("/", 1)[1].lower() in GLUE_TASKS:
         name, config = "nyu-mll/glue", spec.split("/", 1)[1].lower()
     try:
-        dsd = datasets.load_dataset(name, config)
+        dsd = _load_dataset(datasets, name, config)
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds: connection, not found, config
         raise DataError(
             f"Could not load the dataset '{spec}' from the Hugging Face Hub or its cache: "
