@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 def measure_latencies(model_onnx: Path, baseline_onnx: Path,
                       make_inputs: Callable[..., Mapping[str, np.ndarray]],
                       lengths: Mapping[str, int] | None = None,
-                      batch_sizes: tuple[int, ...] = (1, 32), runs: int = 20) -> dict[str, Any]:
+                      batch_sizes: tuple[int, ...] | None = None, runs: int = 20
+                      ) -> dict[str, Any]:
     """ONNX Runtime CPU latency of the result and of the dense FP32 baseline, timed in turn
     within each repetition (:func:`~sparsify.export.inspect.measure_interleaved`), per batch size:
     the median and interquartile range of each, and of the speedup of each repetition.
@@ -39,6 +40,10 @@ def measure_latencies(model_onnx: Path, baseline_onnx: Path,
         ``{"batch_N": entry}``, each entry with ``model_ms``, ``dense_fp32_baseline_ms`` and
         ``speedup`` (medians) and each one's ``_p25`` and ``_p75``, and ``runs``.
     """
+    if batch_sizes is None:  # the ones the export's speed check used (1 and 32)
+        from sparsify.export.fallback import TIMED_BATCH_SIZES
+
+        batch_sizes = TIMED_BATCH_SIZES
     if not lengths:
         return _timed(model_onnx, baseline_onnx, make_inputs, batch_sizes, runs)
     out: dict[str, Any] = {}
@@ -104,7 +109,9 @@ def slow_int8_warning(latency: dict[str, Any], quantized: bool,
     took longer than the baseline timed beside it. A range that straddles 1.0 warns of nothing:
     the machine's noise is larger than the difference, and the summary shows the range.
     """
-    slow = {k: v for k, v in latency.items() if v["speedup_p75"] < 1.0}
+    from sparsify.export.fallback import is_slower
+
+    slow = {k: v for k, v in latency.items() if is_slower(v)}
     if not quantized or not slow:
         return None
     where = ", ".join(f"{_speedup_text(v)} at {_where(k, v)}" for k, v in slow.items())
@@ -169,7 +176,13 @@ def _base_report(plan: Plan, task: Task, train: TrainResult, dense: TrainResult 
 
 
 def _export_section(export: ExportResult) -> dict[str, Any]:
+    # ``format`` / ``shipping``: ShippedExportResult (export/deployment.py) adds them
+    shipping = getattr(export, "shipping", None) or {}
     return {
+        "format": getattr(export, "format", "int8" if export.quantized else "fp32"),
+        "fallback_reason": shipping.get("fallback_reason"),
+        "candidates": shipping.get("candidates", []),
+        **({"chosen_by": shipping["chosen_by"]} if "chosen_by" in shipping else {}),
         "quantized": export.quantized,
         "integer_kernels": export.integer_kernels,
         "quantize_nodes": export.quantize_nodes,
@@ -221,6 +234,27 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     write_text_atomic(path, yaml.safe_dump(metrics, sort_keys=False))
 
 
+_FORMAT_NAMES = {"int8": "INT8", "fp32_sparse": "FP32 (the trained sparse weights)",
+                 "fp32": "FP32"}
+
+
+def _shipped_text(export: Mapping[str, Any]) -> str | None:
+    """The summary's line on what ``deployment/model.onnx`` is and, after a fallback, why."""
+    fmt = export.get("format")
+    if fmt is None:
+        return None
+    text = _FORMAT_NAMES.get(fmt, fmt)
+    by_format = {c["format"]: c for c in export.get("candidates") or []}
+    int8 = (by_format.get("int8") or {}).get("speedup_vs_dense_fp32")
+    if fmt == "int8" and export.get("fallback_reason"):
+        text += " although slower than dense FP32 (its FP32 fallback was refused; see " \
+                "metrics.yaml export.fallback_reason)"
+    elif fmt != "int8" and int8:
+        where = ", ".join(f"{_speedup_text(v)} at {k.replace('_', ' ')}" for k, v in int8.items())
+        text += f", not INT8: INT8 was slower than dense FP32 here ({where})"
+    return text
+
+
 def summary_table(metrics: dict[str, Any]) -> str:
     """A short table for the terminal (with the run's warnings after it)."""
     rows = [("task metrics", ", ".join(f"{k} {v:.4f}" for k, v in metrics["task_metrics"].items()
@@ -237,6 +271,9 @@ def summary_table(metrics: dict[str, Any]) -> str:
             rows.append(("dense fine-tune", f"{key} {before:.4f} (teacher, {teacher['epochs']} "
                                             f"epochs) -> {after:.4f} final: "
                                             f"{(after - before) * scale:+.2f} points"))
+    shipped = _shipped_text(metrics.get("export", {}))
+    if shipped:
+        rows.append(("shipped", shipped))
     fid = metrics.get("export", {}).get("agreement_with_pytorch")
     if fid:
         rows.append(("export fidelity", f"{fid['metric']} {fid['onnxruntime']:.4f} (ONNX Runtime) "

@@ -45,7 +45,11 @@ def run_cli(workspace, use_case, data, *extra, level="0.5", epochs=8):
            "--model", str(workspace / "bert"), "--optim-level", level,
            "--recipe-args", json.dumps({"num_epochs": epochs, "init_lr": 0.003}),
            "--working-dir", str(work), *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    # These runs check the INT8 graph itself: a tiny BERT's INT8 model is slower than its dense
+    # FP32 export on CPU (its float parts dominate), so the export would ship FP32 without this
+    # (that fallback is tested in tests/unit/test_export_fallback.py).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "SPARSIFY_EXPORT_FORMAT": "int8"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     runs = sorted(work.glob("sparse_transfer_*"))

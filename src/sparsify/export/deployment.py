@@ -7,14 +7,18 @@ import gzip
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sparsify.errors import ExportError
 from sparsify.rundir import write_text_atomic
 from sparsify.trainers.base import ExportResult, Fidelity
+
+if TYPE_CHECKING:
+    from sparsify.export.fallback import Shipping
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +82,27 @@ def check_integer_graph(model_path: Path, quantized: bool) -> tuple[dict[str, in
     return counts, kernels, n_q, n_dq
 
 
+@dataclass
+class ShippedExportResult(ExportResult):
+    """An :class:`ExportResult` that also says what the deployment ships and why.
+
+    Attributes:
+        format: ``int8``, ``fp32_sparse`` (the trained weights in FP32 because INT8 was slower
+            than dense FP32) or ``fp32`` (a run without QAT).
+        shipping: ``fallback_reason`` (``None`` unless the format is a fallback) and the
+            ``candidates`` measured (format, speedups, fidelity).
+    """
+
+    format: str = "fp32"
+    shipping: dict[str, Any] = field(default_factory=dict)
+
+
+def _shipping_readme(shipping: Shipping) -> str:
+    if shipping.reason is None:
+        return ""
+    return f"\n## Why this format\n\n`model.onnx` is `{shipping.format}`: {shipping.reason}\n"
+
+
 class FidelityError(ExportError):
     """The exported model's task metric is too far from PyTorch's. Carries the full result, so
     the run can record the figures (the export itself is kept for inspection)."""
@@ -101,11 +126,15 @@ class FidelityError(ExportError):
 def write_deployment(deploy_dir: Path, model_path: Path, baseline_path: Path, *,
                      quantized: bool, fidelity_result: Fidelity, sample_inputs: dict[str, Any],
                      output_names: Sequence[str], config: dict[str, Any], readme: str,
-                     fp32_tolerance: float = FP32_MAX_TOLERANCE) -> ExportResult:
+                     fp32_tolerance: float = FP32_MAX_TOLERANCE,
+                     shipping: Shipping | None = None) -> ShippedExportResult:
     """Check the exported graph, write the deployment folder, return the export's facts.
 
     ``sample_inputs`` are run through the exported file and saved with its outputs
     (``sample_input.npz`` / ``sample_output.npz``) so a user can check an installation.
+    ``shipping`` (from :func:`~sparsify.export.fallback.ship_not_slower`) says which format
+    ``model_path`` is and why: ``config.json`` gets ``export_format`` (and
+    ``fallback_reason``), the README a paragraph, the result ``format`` and ``shipping``.
 
     Raises:
         ExportError: an FP32 export that does not compute what PyTorch computes, or a graph
@@ -124,13 +153,20 @@ def write_deployment(deploy_dir: Path, model_path: Path, baseline_path: Path, *,
     sample_out = run_onnx(model_path, sample_inputs)
     np.savez(deploy_dir / "sample_input.npz", **sample_inputs)
     np.savez(deploy_dir / "sample_output.npz", **dict(zip(output_names, sample_out)))
+    fmt = shipping.format if shipping is not None else ("int8" if quantized else "fp32")
+    config = {**config, "export_format": fmt}
+    if shipping is not None and shipping.reason:
+        config["fallback_reason"] = shipping.reason
+        readme += _shipping_readme(shipping)
     write_text_atomic(deploy_dir / "config.json", json.dumps(config, indent=2) + "\n")
     write_text_atomic(deploy_dir / "README.md", readme)
-    result = ExportResult(
+    result = ShippedExportResult(
         onnx=Path(model_path), baseline_onnx=Path(baseline_path), quantized=quantized,
         fidelity=fidelity_result, optimized_graph_ops=dict(counts), integer_kernels=kernels,
         quantize_nodes=n_q, dequantize_nodes=n_dq,
-        onnx_sparsity=onnx_weight_sparsity(model_path)["overall"])
+        onnx_sparsity=onnx_weight_sparsity(model_path)["overall"], format=fmt,
+        shipping=shipping.to_dict() if shipping is not None else {"format": fmt,
+                                                                   "fallback_reason": None})
     logger.info("Export fidelity: %s %.4f (ONNX Runtime) vs %.4f (PyTorch), %.2f points apart "
                 "(allowed %.2f).", fidelity_result.metric, fidelity_result.onnxruntime,
                 fidelity_result.pytorch, fidelity_result.gap_points,

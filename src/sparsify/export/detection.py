@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparsify.trainers.base import ExportResult
+from sparsify.trainers.base import ExportResult, Fidelity
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +163,8 @@ def export_yolo(model: nn.Module, baseline: nn.Module, val: list[tuple[Path, Pat
     The fidelity rule compares box mAP50-95 on the validation images (``val``: image and label
     paths), PyTorch's raw outputs and ONNX Runtime's each through the same NMS and matching;
     the output differences and the class agreement on confident anchors are reported beside.
+    An INT8 model slower than the dense FP32 baseline is replaced by the trained weights in FP32
+    (:func:`~sparsify.export.fallback.ship_not_slower`), judged by the same rule.
 
     Raises:
         ExportError: the ONNX checker, an FP32 export that does not match PyTorch, or integer
@@ -170,9 +172,13 @@ def export_yolo(model: nn.Module, baseline: nn.Module, val: list[tuple[Path, Pat
         FidelityError: mAP50-95 of the ONNX model more than the tolerance from PyTorch's (the
             deployment folder is written all the same).
     """
+    import contextlib
+
     from sparsify.export.deployment import fidelity, write_deployment
-    from sparsify.export.onnx_export import export_onnx
+    from sparsify.export.fallback import FP32_SPARSE, ship_not_slower
     from sparsify.export.inspect import compare_with_torch, ort_session
+    from sparsify.export.onnx_export import export_onnx
+    from sparsify.quantization.fake_quant import fake_quant_bypassed
 
     deploy_dir.mkdir(parents=True, exist_ok=True)
     size = int(config["image_size"])
@@ -180,34 +186,50 @@ def export_yolo(model: nn.Module, baseline: nn.Module, val: list[tuple[Path, Pat
     segment = config.get("ultralytics_task") == "segment"
     outputs = ["output0", "output1"] if segment else ["output0"]
     axes = {name: {0: "batch"} for name in ["images", *outputs]}
+    onnx_args = {"input_names": ["images"], "output_names": outputs, "dynamic_axes": axes}
     first = torch.from_numpy(np.stack([letterbox(p, size) for p, _ in val[:BATCH]]))
 
     export_model = prepare_for_export(_fuse_fp32(copy.deepcopy(model)))
-    model_path = export_onnx(export_model, (first[:1],), deploy_dir / "model.onnx",
-                             input_names=["images"], output_names=outputs, dynamic_axes=axes)
+    model_path = export_onnx(export_model, (first[:1],), deploy_dir / "model.onnx", **onnx_args)
     export_onnx(prepare_for_export(_fuse_fp32(copy.deepcopy(baseline))), (first[:1],),
-                baseline_path, input_names=["images"], output_names=outputs, dynamic_axes=axes)
+                baseline_path, **onnx_args)
 
-    comparison = compare_with_torch(export_model, model_path, {"images": first.numpy()},
-                                    keep_outputs=True)
-    comparison.pop("top1_agreement", None)  # arg-max over anchors means nothing here
-    ref, got = comparison.pop("outputs")
-    agreement, confident = _class_agreement(ref[0], got[0], num_classes)
-    comparison["class_agreement"] = agreement
-    comparison["confident_anchors"] = confident
+    def judge(path: Path, fmt: str) -> Fidelity:
+        # the FP32 fallback's outputs are compared with the QAT model in float (a conversion
+        # check); its mAP with the trained model's (the run's reported metric)
+        float_form = fake_quant_bypassed() if fmt == FP32_SPARSE else contextlib.nullcontext()
+        with float_form:
+            comparison = compare_with_torch(export_model, path, {"images": first.numpy()},
+                                            keep_outputs=True)
+        comparison.pop("top1_agreement", None)  # arg-max over anchors means nothing here
+        ref, got = comparison.pop("outputs")
+        agreement, confident = _class_agreement(ref[0], got[0], num_classes)
+        comparison["class_agreement"] = agreement
+        comparison["confident_anchors"] = confident
+        session = ort_session(path)
+        torch_map, onnx_map = BoxMAP(num_classes), BoxMAP(num_classes)
+        for start in range(0, len(val), BATCH):
+            chunk = val[start:start + BATCH]
+            images = np.stack([letterbox(p, size) for p, _ in chunk])
+            targets = [letterbox_boxes(label, image, size) for image, label in chunk]
+            with torch.no_grad():
+                out = export_model(torch.from_numpy(images))
+            torch_map.update((out[0] if isinstance(out, (tuple, list)) else out).numpy(),
+                             targets)
+            onnx_map.update(session.run(["output0"], {"images": images})[0], targets)
+        return fidelity("map50_95", torch_map.result()["map50_95"],
+                        onnx_map.result()["map50_95"], len(val), comparison)
 
-    session = ort_session(model_path)
-    torch_map, onnx_map = BoxMAP(num_classes), BoxMAP(num_classes)
-    for start in range(0, len(val), BATCH):
-        chunk = val[start:start + BATCH]
-        images = np.stack([letterbox(p, size) for p, _ in chunk])
-        targets = [letterbox_boxes(label, image, size) for image, label in chunk]
-        with torch.no_grad():
-            out = export_model(torch.from_numpy(images))
-        torch_map.update((out[0] if isinstance(out, (tuple, list)) else out).numpy(), targets)
-        onnx_map.update(session.run(["output0"], {"images": images})[0], targets)
-    result = fidelity("map50_95", torch_map.result()["map50_95"],
-                      onnx_map.result()["map50_95"], len(val), comparison)
+    def export_fp32(path: Path) -> Path:
+        with fake_quant_bypassed():
+            return export_onnx(export_model, (first[:1],), path, **onnx_args)
+
+    one = first[:1].numpy()
+    shipped = ship_not_slower(model_path, baseline_path, quantized=quantized,
+                              make_inputs=lambda batch: {"images": np.repeat(one, batch, 0)},
+                              judge=judge, export_fp32=export_fp32,
+                              fp32_tolerance=FP32_MAX_TOLERANCE)
+    quantized, result = shipped.quantized, shipped.fidelity
 
     full_config = {
         **config, "input_name": "images", "output_names": outputs,
@@ -220,11 +242,12 @@ def export_yolo(model: nn.Module, baseline: nn.Module, val: list[tuple[Path, Pat
     }
     if segment:
         full_config["output1"] = "(batch, 32, H/4, W/4): mask prototypes"
-    return write_deployment(deploy_dir, model_path, baseline_path, quantized=quantized,
+    return write_deployment(deploy_dir, shipped.path, baseline_path, quantized=quantized,
                             fidelity_result=result,
                             sample_inputs={"images": first[: min(4, len(first))].numpy()},
                             output_names=outputs, config=full_config,
-                            readme=yolo_readme(full_config), fp32_tolerance=FP32_MAX_TOLERANCE)
+                            readme=yolo_readme(full_config), fp32_tolerance=FP32_MAX_TOLERANCE,
+                            shipping=shipped)
 
 
 def yolo_readme(config: dict[str, Any]) -> str:

@@ -275,10 +275,13 @@ def measure_interleaved(
     """Latency in milliseconds of every run of several ONNX files, timed in turn.
 
     Every session is created before any is timed. Each repetition runs every model once on the
-    same inputs, in the reverse order every other repetition (A B, B A, A B...), so that no model
-    always runs first. Load from other processes that comes and goes then falls on all models
-    alike, and the ratio of two models' times in one repetition (:func:`paired_speedups`) stays
-    trustworthy on a busy machine, where timing one model after the other does not.
+    same inputs, in an order rotated by one each repetition (A B, B A, A B...; with three: A B C,
+    B C A, C A B...), so that no model always runs first and, with three or more, none runs
+    twice in a row (a model run again at once finds its weights in the cache: reversing the
+    order instead, A B C, C B A, would favour the first and last models over the middle one).
+    Load from other processes that comes and goes then falls on all models alike, and the ratio
+    of two models' times in one repetition (:func:`paired_speedups`) stays trustworthy on a busy
+    machine, where timing one model after the other does not.
 
     Args:
         models: ``{name: ONNX file}``; the files take the same inputs.
@@ -304,7 +307,8 @@ def measure_interleaved(
         feed = dict(make_inputs(int(batch)))
         times: dict[str, list[float]] = {name: [] for name in order}
         for rep in range(max(0, warmup) + runs):
-            for name in order if rep % 2 == 0 else reversed(order):
+            shift = rep % len(order)
+            for name in order[shift:] + order[:shift]:
                 start = time.perf_counter()
                 sessions[name].run(None, feed)
                 if rep >= warmup:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from sparsify.trainers.base import ExportResult
+from sparsify.trainers.base import ExportResult, Fidelity
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,9 @@ def onnx_batch_runner(onnx_path: Path) -> Callable[[dict[str, Any]], list[np.nda
 
 def export_transformer(task: Any, deploy_dir: Path, baseline_path: Path) -> ExportResult:
     """Export ``task.model`` (INT8 when QAT ran) and the dense FP32 ``task.baseline``; check the
-    export with the task metric on the whole validation set; write the deployment folder.
+    export with the task metric on the whole validation set; write the deployment folder. An
+    INT8 model slower than the dense FP32 baseline is replaced by the trained weights in FP32
+    (:func:`~sparsify.export.fallback.ship_not_slower`), judged by the same rule.
 
     ``task`` is an :class:`~sparsify.trainers.nlp.NLPTask` (its ``output_names``,
     ``export_metric``, ``predict_with`` and ``metrics_from_outputs`` are used).
@@ -61,9 +63,13 @@ def export_transformer(task: Any, deploy_dir: Path, baseline_path: Path) -> Expo
         FidelityError: the task metric of the ONNX model is more than the tolerance from
             PyTorch's (the deployment folder is written all the same).
     """
-    from sparsify.export.deployment import fidelity, write_deployment
-    from sparsify.export.onnx_export import export_onnx
+    import contextlib
+
+    from sparsify.export.deployment import FP32_MAX_TOLERANCE, fidelity, write_deployment
+    from sparsify.export.fallback import FP32_SPARSE, ship_not_slower
     from sparsify.export.inspect import compare_with_torch
+    from sparsify.export.onnx_export import export_onnx
+    from sparsify.quantization.fake_quant import fake_quant_bypassed
 
     family = task.family
     output_names = task.output_names
@@ -73,28 +79,44 @@ def export_transformer(task: Any, deploy_dir: Path, baseline_path: Path) -> Expo
     for name in output_names:
         axes[name] = {0: "batch"} if family == "text_classification" else {0: "batch",
                                                                             1: "sequence"}
+    onnx_args = {"input_names": inputs, "output_names": output_names, "dynamic_axes": axes}
     deploy_dir.mkdir(parents=True, exist_ok=True)
-    sample = task.sample_inputs(2)
+    sample = {k: _tensor(v) for k, v in task.sample_inputs(2).items()}
     model = OutputTuple(task.model.eval(), output_names)
-    model_path = export_onnx(model, {k: _tensor(v) for k, v in sample.items()},
-                             deploy_dir / "model.onnx", input_names=inputs,
-                             output_names=output_names, dynamic_axes=axes)
-    export_onnx(OutputTuple(task.baseline.eval(), output_names),
-                {k: _tensor(v) for k, v in sample.items()}, baseline_path, input_names=inputs,
-                output_names=output_names, dynamic_axes=axes)
+    model_path = export_onnx(model, sample, deploy_dir / "model.onnx", **onnx_args)
+    export_onnx(OutputTuple(task.baseline.eval(), output_names), sample, baseline_path,
+                **onnx_args)
+    torch_out: list[Any] = []  # the trained model's validation outputs, computed once
 
-    quantized = bool(task.qat)
-    comparison = compare_with_torch(model, model_path, task.sample_inputs(4))
-    torch_out = task.predict(task.model)
-    onnx_out = task.predict_with(onnx_batch_runner(model_path))
-    torch_metrics, onnx_metrics = (task.metrics_from_outputs(o) for o in (torch_out, onnx_out))
-    right = None
-    if metric == "accuracy":  # a count of right answers: the paired test applies
-        labels = np.asarray([e["label"] for e in task.data.val])
-        right = (torch_out[0].argmax(-1) == labels, onnx_out[0].argmax(-1) == labels)
-    # SQuAD's exact match / F1 are already in points; the others are fractions
-    result = fidelity(metric, torch_metrics[metric], onnx_metrics[metric], len(task.data.val),
-                      comparison, fraction=family != "question_answering", right=right)
+    def judge(path: Path, fmt: str) -> Fidelity:
+        # the FP32 fallback's outputs are compared with the QAT model in float (a conversion
+        # check); its task metric with the trained model's (the run's reported metric)
+        float_form = fake_quant_bypassed() if fmt == FP32_SPARSE else contextlib.nullcontext()
+        with float_form:
+            comparison = compare_with_torch(model, path, task.sample_inputs(4))
+        if not torch_out:
+            torch_out.append(task.predict(task.model))
+        onnx_out = task.predict_with(onnx_batch_runner(path))
+        torch_metrics, onnx_metrics = (task.metrics_from_outputs(o)
+                                       for o in (torch_out[0], onnx_out))
+        right = None
+        if metric == "accuracy":  # a count of right answers: the paired test applies
+            labels = np.asarray([e["label"] for e in task.data.val])
+            right = (torch_out[0][0].argmax(-1) == labels, onnx_out[0].argmax(-1) == labels)
+        # SQuAD's exact match / F1 are already in points; the others are fractions
+        return fidelity(metric, torch_metrics[metric], onnx_metrics[metric],
+                        len(task.data.val), comparison,
+                        fraction=family != "question_answering", right=right)
+
+    def export_fp32(path: Path) -> Path:
+        with fake_quant_bypassed():
+            return export_onnx(model, sample, path, **onnx_args)
+
+    shipped = ship_not_slower(model_path, baseline_path, quantized=bool(task.qat),
+                              make_inputs=task.latency_inputs, judge=judge,
+                              export_fp32=export_fp32, fp32_tolerance=FP32_MAX_TOLERANCE,
+                              lengths=task.latency_lengths())
+    quantized = shipped.quantized
 
     config = {
         "task": family,
@@ -112,10 +134,10 @@ def export_transformer(task: Any, deploy_dir: Path, baseline_path: Path) -> Expo
     if family == "question_answering":
         config["doc_stride"] = task.stride
     task.tokenizer.save_pretrained(deploy_dir)
-    return write_deployment(deploy_dir, model_path, baseline_path, quantized=quantized,
-                            fidelity_result=result, sample_inputs=task.sample_inputs(2),
+    return write_deployment(deploy_dir, shipped.path, baseline_path, quantized=quantized,
+                            fidelity_result=shipped.fidelity, sample_inputs=task.sample_inputs(2),
                             output_names=output_names, config=config,
-                            readme=transformer_readme(config))
+                            readme=transformer_readme(config), shipping=shipped)
 
 
 def _tensor(array: np.ndarray) -> Any:

@@ -11,6 +11,8 @@ the constant weight quantization into int8 / int32 initializers.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -26,7 +28,33 @@ from sparsify.quantization.config import (
 )
 from sparsify.quantization.tagging import tag
 
-__all__ = ["FakeQuantizer", "WeightFakeQuantizer"]
+__all__ = ["FakeQuantizer", "WeightFakeQuantizer", "fake_quant_bypassed"]
+
+# While set (``fake_quant_bypassed``), every fake quantization is the identity and no observer
+# or scale buffer changes: a QAT model computes its float function.
+_BYPASS = [False]
+
+
+@contextlib.contextmanager
+def fake_quant_bypassed() -> Iterator[None]:
+    """Within this block a QAT-prepared model computes in float: every fake quantization
+    (activations, weights, int32 biases, embedding tables) is the identity, observers observe
+    nothing and no buffer changes. The module structure stays (fused activations, folded
+    BatchNorms), so the model is the QAT model with quantization off: exported inside this
+    block it gives an FP32 ONNX graph without Quantize/DequantizeLinear nodes with the trained
+    (sparse) weights. Not thread-safe: it switches a process-wide flag.
+    """
+    before = _BYPASS[0]
+    _BYPASS[0] = True
+    try:
+        yield
+    finally:
+        _BYPASS[0] = before
+
+
+def is_bypassed() -> bool:
+    """True inside :func:`fake_quant_bypassed`."""
+    return _BYPASS[0]
 
 
 def _is_exporting() -> bool:
@@ -72,6 +100,8 @@ def _fake_quant(
     # DequantizeLinear pair: uint8 zero point for the 0..255 activation grid, int8 for weights,
     # ``axis`` per channel. Weights use the full int8 range in ONNX; a narrower grid (7 bit)
     # comes from the scale, so values never reach the ends.
+    if _BYPASS[0]:
+        return x
     if x.dtype != torch.float32 and not _is_exporting():
         # Mixed precision: torch's fake-quant kernels want float32; the grid is the same.
         return _fake_quant(x.float(), scale, zero_point, qmin, qmax, axis).to(x.dtype)
@@ -81,6 +111,8 @@ def _fake_quant(
 
 
 def _fake_quant_bias(bias: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    if _BYPASS[0]:
+        return bias
     if _is_exporting():
         return _BiasQDQ.apply(bias, scale)
     # Straight-through estimator: forward sees the int32 grid, gradient passes unchanged.
@@ -155,7 +187,7 @@ class FakeQuantizer(nn.Module):
         # starts) would otherwise keep its placeholder scale of 1.0.
         initialized = bool(self.initialized)
         if (not initialized or (bool(self.observer_enabled) and self.training)) \
-                and not _is_exporting():
+                and not _is_exporting() and not _BYPASS[0]:
             self.observe(x)
         return tag(self.fake_quant(x), self)
 
@@ -221,7 +253,7 @@ class WeightFakeQuantizer(nn.Module):
         # the first forward (the placeholder scale 1.0 would round every weight to zero)
         if bool(self.observer_enabled) or not self.calibrated:
             scale = self.compute_scale(weight)
-            if not _is_exporting():
+            if not _is_exporting() and not _BYPASS[0]:
                 with torch.no_grad():
                     self.scale.copy_(scale)
                 self.calibrated = True
