@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +23,9 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+
+#: metrics.yaml statuses of a run that ended (an interrupted one stops the benchmark)
+FINISHED = ("complete", "failed")
 
 #: the table's fixed columns after the task metrics (the slow test checks them)
 COMMON_COLUMNS = ("sparsity (pruned layers)", "shipped ONNX", "ONNX vs PyTorch", "gzip MB",
@@ -55,6 +59,7 @@ def run_level(work: Path, level: str, args: Sequence[str], env: dict[str, str] |
     wall seconds (nan when a finished run was reused) and the run folder."""
     out = work / f"level_{level}"
     done = sorted(out.glob("sparse_transfer_*/metrics.yaml"))
+    done = [p for p in done if yaml.safe_load(p.read_text()).get("status") in FINISHED]
     if reuse and done:
         print(f"reusing {done[-1]}", flush=True)
         return yaml.safe_load(done[-1].read_text()), float("nan"), done[-1].parent
@@ -62,12 +67,23 @@ def run_level(work: Path, level: str, args: Sequence[str], env: dict[str, str] |
            "--optim-level", level, "--working-dir", str(out), *args]
     print("$", " ".join(cmd), flush=True)
     started = time.monotonic()
-    proc = subprocess.run(cmd, env={**os.environ, **(env or {})})
+    # a SIGTERM to this script stops the run too (it checkpoints and exits), never orphans it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})})
+    try:
+        proc.wait()
+    except BaseException:
+        proc.terminate()
+        proc.wait()
+        raise
     seconds = time.monotonic() - started
     runs = sorted(out.glob("sparse_transfer_*"))
     if not runs or not (runs[-1] / "metrics.yaml").is_file():
         sys.exit(f"level {level}: the run wrote no metrics.yaml (exit {proc.returncode})")
     metrics = yaml.safe_load((runs[-1] / "metrics.yaml").read_text())
+    if metrics.get("status") not in FINISHED:  # e.g. interrupted by a signal
+        sys.exit(f"level {level}: exit {proc.returncode}, status {metrics.get('status')} "
+                 f"({runs[-1]}); the benchmark stops here")
     if proc.returncode != 0:  # e.g. the export failed its fidelity rule: still report it
         print(f"level {level}: exit {proc.returncode}, status {metrics.get('status')}",
               flush=True)
