@@ -52,20 +52,24 @@ def test_bad_data_exit_1(tmp_path, spec, expected):
     assert "Traceback" not in result.output
 
 
-def test_teacher_that_cannot_load_leaves_no_run_folder(tmp_path):
+@pytest.mark.parametrize("teacher", ["missing_teacher.pth", "corrupt_teacher.pth"])
+def test_teacher_that_cannot_load_leaves_no_run_folder(tmp_path, teacher):
     import torch
     import torchvision
 
     data = _layout(tmp_path, ["d/a/1.png", "d/a/2.png", "d/b/1.png", "d/b/2.png"])
     torch.save({"state_dict": torchvision.models.resnet18(num_classes=2).state_dict(),
                 "arch_key": "resnet18"}, tmp_path / "m.pth")
+    if teacher.startswith("corrupt"):  # exists, so it is read once the run folder exists
+        (tmp_path / teacher).write_bytes(b"not a checkpoint")
     result = CliRunner().invoke(cli, [
         "sparse-transfer", "--use-case", "ic", "--data", str(data), "--model",
-        str(tmp_path / "m.pth"), "--teacher", str(tmp_path / "missing_teacher.pth"),
+        str(tmp_path / "m.pth"), "--teacher", str(tmp_path / teacher),
         "--working-dir", str(tmp_path / "w")])
     assert result.exit_code == 1, result.output
-    assert "missing_teacher.pth" in result.output and "Traceback" not in result.output
-    assert not list((tmp_path / "w").iterdir())  # the run folder made for it is gone
+    assert teacher in result.output and "Traceback" not in result.output
+    # a missing one is refused before any folder; a corrupt one's run folder is removed
+    assert not (tmp_path / "w").exists() or not list((tmp_path / "w").iterdir())
 
 
 def _tiny_model(tmp_path, classes):
