@@ -51,7 +51,7 @@ def test_teacher_phase_trains_a_dense_copy_and_the_student_starts_from_it():
     assert phase == "teacher"
     kinds = {m.type for m in phase_recipe.modifiers}
     assert kinds == {"EpochRangeModifier", "LearningRateFunctionModifier"}  # dense, FP32
-    assert phase_recipe.max_epochs == recipe.variables["teacher_epochs"] == 7
+    assert phase_recipe.max_epochs == recipe.variables["teacher_epochs"] == 10  # num_epochs
     assert dense.metrics["top1"] == 0.85 and dense.used
     assert teacher is not None and not teacher.training
     assert all(not p.requires_grad for p in teacher.parameters())  # frozen
@@ -94,6 +94,6 @@ def test_dry_run_shows_the_teacher_phase():
                       recipe_args={"num_epochs": 20})
     plan.recipe = "image_classification_gmp"
     out = preview_recipe(plan)
-    assert out["dense_teacher"]["epochs"] == 14
+    assert out["dense_teacher"]["epochs"] == 20  # teacher_epochs = num_epochs
     plan.teacher = "disable"
     assert "dense_teacher" not in preview_recipe(plan)
