@@ -114,6 +114,23 @@ def test_shipped_obs_recipe_parses_with_overrides():
     assert spec.args["end_epoch"] <= recipe.summary()["qat_start_epoch"] < 2
 
 
+
+def test_shipped_obs_recipe_is_the_gmp_schedule_on_compute_layers():
+    """nlp_obs compares like for like with nlp_gmp: same weights, phases, teacher and QAT."""
+    args = {"num_epochs": 10, "target_sparsity": 0.78}
+    obs, gmp = load_recipe("nlp_obs", args), load_recipe("nlp_gmp", args)
+    (o,) = obs.of_type("OBSPruningModifier")
+    (g,) = gmp.of_type("GMPruningModifier")
+    assert o.args["params"] == g.args["params"] == "__COMPUTE_LAYERS__"
+    assert o.args["global_sparsity"] is True  # embeddings are not selected: one ranking is safe
+    for key in ("init_sparsity", "final_sparsity", "start_epoch", "end_epoch", "inter_func"):
+        assert o.args[key] == g.args[key], key
+    assert o.args["update_frequency"] == pytest.approx(1.0)  # num_epochs / 10: fewer inversions
+    assert obs.summary()["qat_start_epoch"] == gmp.summary()["qat_start_epoch"] == 6.5
+    assert obs.variables["teacher_epochs"] == gmp.variables["teacher_epochs"] == 10
+    assert [m.args.get("init_lr") for m in obs.of_type("LearningRateFunctionModifier")] == \
+        [m.args.get("init_lr") for m in gmp.of_type("LearningRateFunctionModifier")]
+
 # --- under the lifecycle ---------------------------------------------------------------------
 def tiny():
     torch.manual_seed(0)
