@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 
 import pytest
 import torch
@@ -105,6 +106,27 @@ def test_conv_bn_pairs_fall_back_to_structure_when_fx_fails():
     assert fold_qat_batchnorm_(model) == 2
     assert isinstance(model.bn, nn.Identity) and isinstance(model.features[1], nn.Identity)
 
+
+
+def test_folding_by_name_warns_once_per_model(caplog):
+    """A YOLO folds dozens of conv/bn attribute pairs by name: one warning line, not one each."""
+
+    class Blocks(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList(Untraceable() for _ in range(3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks:
+                x = block(x[:, :3].repeat(1, 1, 1, 1))
+            return x
+
+    with caplog.at_level(logging.DEBUG, logger="sparsify.quantization.graph"):
+        pairs = conv_bn_pairs(Blocks())
+    assert len([p for p in pairs if p[0].endswith(".conv")]) == 3
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "Folding 3 BatchNorm(s)" in warnings[0].getMessage()
+    assert "blocks.2.bn into blocks.2.conv" in caplog.text  # every pair at debug level
 
 # --- prepare_qat_ -----------------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ def _conv_bn_pairs_by_structure(model: nn.Module) -> list[tuple[str, str]]:
     # Used only when fx cannot trace. nn.Sequential runs its children in order, so a Conv
     # directly followed by a BatchNorm there is certain; conv/bn, convN/bnN attribute pairs are
     # the torchvision/ultralytics convention and are folded with a warning.
-    pairs = []
+    pairs, by_name = [], []
     for parent_name, parent in model.named_modules():
         prefix = f"{parent_name}." if parent_name else ""
         children = list(parent.named_children())
@@ -84,11 +84,13 @@ def _conv_bn_pairs_by_structure(model: nn.Module) -> list[tuple[str, str]]:
                 continue
             bname = "bn" + cname[len("conv") :]
             if isinstance(named.get(bname), _BN_TYPES):
-                logger.warning(
-                    "Folding %s%s into %s%s by name only (torch.fx could not trace the model).",
-                    prefix, bname, prefix, cname,
-                )
+                by_name.append(f"{prefix}{bname} into {prefix}{cname}")
                 pairs.append((prefix + cname, prefix + bname))
+    if by_name:  # one line for the model (a YOLO has dozens), each pair at debug level
+        logger.warning("Folding %d BatchNorm(s) into the convolution before them by name only "
+                       "(conv/bn attribute pairs; torch.fx could not trace the model), e.g. %s.",
+                       len(by_name), by_name[0])
+        logger.debug("Folded by name: %s", "; ".join(by_name))
     return pairs
 
 
