@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -57,6 +56,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # also when this file is imported by path (the unit tests)
+    sys.path.insert(0, HERE)
+
+from real_runs import cpu_name  # noqa: E402  bench/real_runs.py: lscpu's name, family, model
 
 CONFIGS = ("plain", "masks", "qat")
 #: the goals of issue 14, item 5
@@ -554,20 +559,6 @@ def measure_memory(args: argparse.Namespace, model: str) -> dict[str, dict[str, 
 
 
 # --- report ----------------------------------------------------------------------------------
-def cpu_name() -> str:
-    """``lscpu``'s model name, family and model."""
-    fields: dict[str, str] = {}
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
-    return (f"{fields.get('Model name', '?')}, family {fields.get('CPU family', '?')}, "
-            f"model {fields.get('Model', '?')}, {os.cpu_count()} logical CPUs")
-
-
 def _verdict(value: float, goal: float) -> str:
     return f"{'met' if value <= goal else 'MISSED'} ({value:.2f}x, goal <= {goal:g}x)"
 
