@@ -273,3 +273,24 @@ def test_recorded_plan_keeps_keep_layers():
     plan = build_plan(resolve_use_case("sentiment"), 0.75, model="bert-base-uncased")
     again = plan_from_dict(yaml.safe_load(plan_to_yaml(plan)))
     assert again.recipe_args == plan.recipe_args and again.shrink == plan.shrink
+
+
+@pytest.mark.parametrize("use_case,model", [("sentiment_analysis", "bert-base-uncased"),
+                                            ("ic", "resnet18")])
+def test_a_shrunk_users_model_is_pruned_to_the_default_levels_target(use_case, model):
+    """Removed structure gives levels >= 0.75 their speed; zeros above 0.78 only give size."""
+    for level in (0.75, 1.0):
+        plan = build_plan(resolve_use_case(use_case), level, model=model)
+        assert plan.recipe.endswith("_gmp") and plan.shrink.split(":")[0] in ("layers",
+                                                                              "channels")
+        assert plan.recipe_args["target_sparsity"] == plan.target_sparsity == 0.78
+        assert any("shrunk structurally" in note for note in plan.notes)
+    # nothing removed (keep 1.0): the level's own target; an explicit target always wins
+    keep = "keep_layers" if use_case == "sentiment_analysis" else "keep_channels"
+    plan = build_plan(resolve_use_case(use_case), 1.0, model=model, recipe_args={keep: 1.0})
+    assert plan.recipe_args["target_sparsity"] == target_sparsity_for_level(1.0) == 0.95
+    plan = build_plan(resolve_use_case(use_case), 1.0, model=model,
+                      recipe_args={"target_sparsity": 0.9})
+    assert plan.recipe_args["target_sparsity"] == 0.9
+    # the catalog path is not shrunk: the smallest tier's model gets the level's target
+    assert build_plan(resolve_use_case(use_case), 1.0).recipe_args["target_sparsity"] == 0.95
