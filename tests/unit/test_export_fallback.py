@@ -186,25 +186,6 @@ def test_int8_that_is_not_slower_ships_as_int8(tmp_path, monkeypatch):
     assert _shipped_text(section) == "INT8"
 
 
-
-def test_int8_slower_more_often_than_not_ships_fp32_even_when_the_range_straddles(
-        tmp_path, monkeypatch):
-    """Median 0.97x (0.92-1.02): not "slower across the spread" (no warning), but slower more
-    often than not; no level ships a model slower than dense, so the FP32 form ships."""
-    model, baseline, images, labels = _trained_qat_model()
-    asked = _stub_speed(monkeypatch, int8=0.97)
-    deploy, artifacts = tmp_path / "deployment", tmp_path / "training_artifacts"
-
-    result = export_classifier(model, baseline, images, labels, deploy,
-                               artifacts / "dense_baseline.onnx", True, CONFIG)
-
-    assert asked == [INT8, FP32]
-    assert result.format == FP32_SPARSE and not _ops(deploy / "model.onnx") & {"QuantizeLinear"}
-    assert (artifacts / "model_int8.onnx").exists()
-    straddling = Candidate(INT8, Path("m"), True, _speed(0.97))
-    assert straddling.not_faster and not straddling.slower
-    assert not Candidate(INT8, Path("m"), True, _speed(1.0)).not_faster  # 1.0 ships INT8
-
 def test_a_run_without_qat_ships_its_fp32_model_untimed(tmp_path, monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("a dense FP32 run is not timed by the export")
