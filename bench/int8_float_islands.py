@@ -19,7 +19,6 @@ weights' values). Results: docs/INT8_EXPORT.md ("When INT8 is slower").
 from __future__ import annotations
 
 import argparse
-import copy
 from collections import Counter
 from pathlib import Path
 
@@ -27,6 +26,8 @@ import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
+
+from bench_channel_shrink import ONNX_ARGS, int8_copy  # bench/: the same INT8 preparation
 
 #: ops ONNX Runtime runs on integers when Q/DQ surround them (its QDQ selectors)
 INTEGER_CAPABLE = {"Conv", "Gemm", "MatMul", "Add", "GlobalAveragePool", "AveragePool",
@@ -124,24 +125,14 @@ def float_region_variant(src: Path, dst: Path, rings: int) -> dict[str, int]:
 
 def export_variants(arch: str, out: Path, size: int) -> dict[str, Path]:
     from sparsify.export.onnx_export import export_onnx
-    from sparsify.quantization import disable_observers_, fold_qat_batchnorm_, prepare_qat_
     from sparsify.quantization.fake_quant import fake_quant_bypassed
     from sparsify.trainers.vision_models import build_arch
 
     torch.manual_seed(0)
     base = build_arch(arch, 3).eval()
-    model = copy.deepcopy(base)
-    prepare_qat_(model)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(8, 3, size, size))
-    disable_observers_(model)
-    model.eval()
-    fold_qat_batchnorm_(model)
+    model = int8_copy(base, size)  # QAT structure, calibrated observers, BatchNorm folded
     x = torch.randn(1, 3, size, size)
-    args = {"input_names": ["input"], "output_names": ["logits"],
-            "dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}}
+    args = ONNX_ARGS
     name = arch.replace(":", "_")
     paths = {"dense FP32": out / f"{name}_dense.onnx", "INT8": out / f"{name}_int8.onnx",
              "FP32 sparse (fake-quant off)": out / f"{name}_fp32.onnx"}
