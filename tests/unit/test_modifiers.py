@@ -130,6 +130,18 @@ def test_gmp_reaches_target_exactly_at_end_epoch_and_holds():
     assert abs(overall_sparsity(model) - 0.8) <= 0.005
 
 
+def test_masks_are_held_as_bool_one_byte_per_weight():
+    """Masks cost one byte per pruned weight, not a float copy of the weights (QAT memory)."""
+    for text, name in ((GMP.format(mask="unstructured"), "GMPruningModifier"),
+                       (GMP.format(mask="block4"), "GMPruningModifier")):
+        model, _, lc, _ = train(text)
+        masks = lc.modifiers_of(name)[0]._masks
+        assert masks and all(m.dtype == torch.bool for m in masks.values())
+        params = dict(model.named_parameters())
+        for n, m in masks.items():
+            assert bool((params[n][~m] == 0).all()) and bool((params[n][m] != 0).any())
+
+
 def test_nm_2_4_masks():
     model, *_ = train(GMP.format(mask='"2:4"').replace("0.8", "0.5"))
     for w in weights(model):

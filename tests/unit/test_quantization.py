@@ -322,6 +322,57 @@ def test_relu_after_conv_is_applied_once_and_inplace_relu_is_safe():
     assert model.conv2.output_quant.fused_activation is None
 
 
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_fused_activation_fake_quant_equals_the_two_steps_and_keeps_one_bool(activation):
+    """``activate_and_quantize``: the values, the gradient and the observer's range of the
+    activation followed by the quantizer, with a single bool tensor saved for backward."""
+    torch.manual_seed(0)
+    act = F.relu if activation == "relu" else F.relu6
+    y = (torch.randn(4, 8, 6, 6) * 4).requires_grad_()
+    fused, plain = FakeQuantizer(), FakeQuantizer()
+    fused.train(), plain.train()
+    for step in range(3):  # first observation, then the moving average
+        y2 = y.detach().clone().requires_grad_()
+        saved: list[torch.Tensor] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t,
+                                                      lambda t: t):
+            out = fused.activate_and_quantize(y, activation)
+        ref = plain(act(y2))
+        assert torch.equal(out, ref)
+        for name in ("scale", "zero_point", "min_val", "max_val"):
+            assert torch.equal(getattr(fused, name), getattr(plain, name)), name
+        grad = torch.randn_like(out)
+        (g,) = torch.autograd.grad(out, y, grad)
+        (g_ref,) = torch.autograd.grad(ref, y2, grad)
+        assert torch.equal(g, g_ref)
+        assert [t.dtype for t in saved if t.numel() == y.numel()] == [torch.bool]
+        # values at the grid's top and (relu6) above 6 get no gradient, as in the two steps
+        assert bool((g_ref == 0).any()) and bool((g_ref != 0).any())
+    # outside training's forward (no grad) it is the two steps as well
+    with torch.no_grad():
+        assert torch.equal(fused.activate_and_quantize(y, activation), plain(act(y)))
+
+
+def test_qat_conv_bn_relu_keeps_one_bool_for_backward_not_the_relu_result():
+    """Conv + BatchNorm + ReLU under QAT: the fused output keeps one bool per element for its
+    backward, not the ReLU's float result beside the quantizer's mask."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+    prepare_qat_(model)
+    model.train()
+    x = torch.randn(4, 3, 8, 8)
+    model(x)  # calibrate
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = model(x)
+    out.sum().backward()
+    assert model[0].weight.grad is not None and model[1].weight.grad is not None
+    big = [t for t in saved if t.shape == out.shape]
+    # the conv's output (BatchNorm's input, signed) and one bool mask; no float tensor >= 0
+    assert [t.dtype for t in big if t.dtype == torch.bool] == [torch.bool]
+    assert not [t for t in big if t.dtype == torch.float32 and bool((t >= 0).all())]
+
+
 def test_prepared_model_survives_pickle_deepcopy_and_state_dict_reload():
     torch.manual_seed(0)
     model = randomize_bn_(TinyResNet())

@@ -72,10 +72,13 @@ def _keep_vector(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float, mask_type: str = "unstructured"
                    ) -> torch.Tensor:
-    """0/1 mask (weight's dtype) that zeros the ``sparsity`` fraction of lowest-magnitude units."""
+    """Bool mask (True: kept) that zeros the ``sparsity`` fraction of lowest-magnitude units.
+
+    Masks are bool, not the weight's dtype: a float copy of every pruned weight was a quarter
+    of QAT's memory excess on ResNet-18 (docs/benchmarks.md, training cost)."""
     scores, to_mask = unit_scores(weight, mask_type)
     n_prune = round(sparsity * scores.numel())
-    return to_mask(_keep_vector(scores, n_prune)).to(weight.dtype)
+    return to_mask(_keep_vector(scores, n_prune)).bool()
 
 
 def global_magnitude_masks(weights: Sequence[torch.Tensor], sparsity: float,
@@ -86,14 +89,14 @@ def global_magnitude_masks(weights: Sequence[torch.Tensor], sparsity: float,
     keep = _keep_vector(scores, round(sparsity * scores.numel()))
     masks, offset = [], 0
     for (s, to_mask), w in zip(pieces, weights):
-        masks.append(to_mask(keep[offset:offset + s.numel()]).to(w.dtype))
+        masks.append(to_mask(keep[offset:offset + s.numel()]).bool())
         offset += s.numel()
     return masks
 
 
 @torch.no_grad()
 def apply_masks_(params: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> None:
-    """Multiply every parameter by its mask in place (one fused call)."""
+    """Multiply every parameter by its (bool or 0/1) mask in place (one fused call)."""
     if params:
         torch._foreach_mul_(list(params), list(masks))
 
@@ -104,5 +107,5 @@ def tensor_sparsity(t: torch.Tensor) -> float:
 
 
 def nonzero_mask(weight: torch.Tensor) -> torch.Tensor:
-    """1 where the weight is non-zero (constant pruning keeps today's zeros)."""
-    return (weight.detach() != 0).to(weight.dtype)
+    """True where the weight is non-zero (constant pruning keeps today's zeros)."""
+    return weight.detach() != 0

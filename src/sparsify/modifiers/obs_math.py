@@ -262,9 +262,9 @@ class _Layer:
             self.w[lo:hi] = torch.where(keep, w + shift, torch.zeros_like(w))
 
     def write_back(self) -> torch.Tensor:
-        """Copy the updated weight into the parameter; return its 0/1 mask."""
+        """Copy the updated weight into the parameter; return its bool mask (True: kept)."""
         self.weight.copy_(self.layout.unflat(self.w, self.weight).to(self.weight.dtype))
-        return self.layout.unflat(self.keep.to(self.weight.dtype), self.weight)
+        return self.layout.unflat(self.keep, self.weight)
 
 
 def _lowest(scores: torch.Tensor, n_prune: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sparsify.quantization.config import (
@@ -163,8 +164,12 @@ class FakeQuantizer(nn.Module):
     def observe(self, x: torch.Tensor) -> None:
         """Update the moving-average range and the quantization parameters from ``x``."""
         x = x.detach()
-        lo = x.min().float().clamp(max=0.0)
-        hi = x.max().float().clamp(min=0.0)
+        self._observe_range(x.min().float(), x.max().float())
+
+    @torch.no_grad()
+    def _observe_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        lo = lo.clamp(max=0.0)
+        hi = hi.clamp(min=0.0)
         if bool(self.initialized):
             c = self.averaging_constant
             lo = self.min_val + c * (lo - self.min_val)
@@ -181,15 +186,56 @@ class FakeQuantizer(nn.Module):
         """Quantize-dequantize ``x`` with the current parameters, without observing it."""
         return _fake_quant(x, self.scale, self.zero_point, self.qmin, self.qmax)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _observes(self) -> bool:
         # Observe while training with the observer on, and always once: a quantizer whose
         # observer was frozen before it saw any data (a recipe that freezes observers when QAT
         # starts) would otherwise keep its placeholder scale of 1.0.
-        initialized = bool(self.initialized)
-        if (not initialized or (bool(self.observer_enabled) and self.training)) \
-                and not _is_exporting() and not _BYPASS[0]:
+        return (not bool(self.initialized) or (bool(self.observer_enabled) and self.training)) \
+            and not _is_exporting() and not _BYPASS[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._observes():
             self.observe(x)
         return tag(self.fake_quant(x), self)
+
+    def activate_and_quantize(self, y: torch.Tensor, activation: str) -> torch.Tensor:
+        """``self(relu(y))`` (``activation`` "relu") or ``self(relu6(y))``, the same values
+        and gradients, with one bool tensor kept for the backward where the two steps keep the
+        activation's float result and the quantization's mask (QAT's activation memory).
+        Outside a float32 training forward it is the two steps."""
+        if (_BYPASS[0] or _is_exporting() or y.dtype != torch.float32
+                or not (torch.is_grad_enabled() and y.requires_grad)):
+            return self(F.relu(y) if activation == "relu" else F.relu6(y))
+        if self._observes():
+            with torch.no_grad():
+                lo, hi = torch.aminmax(y.detach())
+                top = 6.0 if activation == "relu6" else None
+                self._observe_range(lo.float().clamp(0.0, top), hi.float().clamp(0.0, top))
+        out = _ActivationFakeQuant.apply(y, self.scale, self.zero_point, self.qmin, self.qmax,
+                                         activation == "relu6")
+        return tag(out, self)
+
+
+class _ActivationFakeQuant(torch.autograd.Function):
+    """ReLU / ReLU6 then per-tensor fake quantization; saves one bool mask (the gradient passes
+    where the activation's and the quantizer's straight-through gradients both pass)."""
+
+    @staticmethod
+    def forward(ctx, y, scale, zero_point, qmin, qmax, six):  # type: ignore[override]
+        active = F.relu6(y) if six else F.relu(y)
+        out, inside = torch._fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
+            active, scale, zero_point, torch.ones(1, dtype=torch.long, device=y.device),
+            qmin, qmax)
+        inside &= y > 0
+        if six:
+            inside &= y < 6.0
+        ctx.save_for_backward(inside)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None, None
 
 
 class WeightFakeQuantizer(nn.Module):

@@ -82,12 +82,15 @@ class _QATWeightedMixin(QATModule):
         return x, weight, bias
 
     def _qat_output(self, y: torch.Tensor) -> torch.Tensor:
-        if self._qat_fused_activation == "relu":
-            y = F.relu(y)
-        elif self._qat_fused_activation == "relu6":
-            y = F.relu6(y)
+        activation = self._qat_fused_activation
         if self.output_quant is not None:
-            y = self.output_quant(y)
+            if activation in ("relu", "relu6"):
+                return self.output_quant.activate_and_quantize(y, activation)
+            return self.output_quant(y)
+        if activation == "relu":
+            return F.relu(y)
+        if activation == "relu6":
+            return F.relu6(y)
         return y
 
 
