@@ -104,6 +104,9 @@ class Modifier:
     #: The training phase this modifier's active window counts as in the training cost
     #: (``pruning`` while masks move, ``qat``); see :mod:`sparsify.modifiers.cost`.
     cost_phase: ClassVar[str | None] = None
+    #: Order among the modifiers that change the loss: those that replace it (output
+    #: distillation, 0) see the task loss, then those that add a term to it (1).
+    loss_order: ClassVar[int] = 0
 
     def __post_init__(self) -> None:
         for name in self.epoch_fields:

@@ -57,14 +57,10 @@ class DistillationModifier(Modifier):
     def on_event(self, state: ModifierState, event: Event) -> Any:
         if not self._enabled or event.type is not EventType.LOSS_CALCULATED:
             return None
-        import torch
-
         from sparsify.modifiers.kd import distillation_loss
+        from sparsify.modifiers.layer_distillation import teacher_outputs as run_teacher
 
-        if state.teacher.training:  # a trainer's model.train() may have reached the teacher
-            state.teacher.eval()
-        with torch.no_grad():
-            teacher_outputs = call_model(state.teacher, event.inputs)
+        teacher_outputs = run_teacher(state, event)
         mask = event.inputs.get("attention_mask") if isinstance(event.inputs, dict) else None
         return distillation_loss(event.loss, event.outputs, teacher_outputs, self.hardness,
                                  self.temperature, self.distill_output_keys, mask)

@@ -116,11 +116,14 @@ class ModifierLifecycle:
             if modifier.restructures_at_init and not modifier.initialized:
                 modifier.initialize(self.state)
 
-    def _event(self, kind: EventType, **data: Any) -> list[Any]:
+    def _check_open(self) -> None:
         if not self._initialized:
             raise RuntimeError("ModifierLifecycle: an event came before initialize()")
         if self._finalized:
             raise RuntimeError("ModifierLifecycle: an event came after finalize()")
+
+    def _event(self, kind: EventType, **data: Any) -> list[Any]:
+        self._check_open()
         event = Event(kind, self.step, self.state.steps_per_epoch, **data)
         return [modifier.update(self.state, event) for modifier in self.modifiers]
 
@@ -129,9 +132,14 @@ class ModifierLifecycle:
         self._step_phase = self.phase()  # what this step trains under
 
     def loss_calculated(self, loss: Any, inputs: Any = None, outputs: Any = None) -> Any:
-        """Returns the loss to back-propagate (a distillation modifier may replace it)."""
-        for result in self._event(EventType.LOSS_CALCULATED, loss=loss, inputs=inputs,
-                                  outputs=outputs):
+        """Returns the loss to back-propagate. The modifiers see it in their ``loss_order``
+        (a distillation modifier replaces the task loss, a per-layer one then adds to that),
+        each given the loss the previous one returned."""
+        self._check_open()
+        for modifier in sorted(self.modifiers, key=lambda m: m.loss_order):
+            event = Event(EventType.LOSS_CALCULATED, self.step, self.state.steps_per_epoch,
+                          loss=loss, inputs=inputs, outputs=outputs)
+            result = modifier.update(self.state, event)
             if result is not None:
                 loss = result
         return loss

@@ -22,6 +22,8 @@ MODIFIERS: dict[str, str] = {
     "OBSPruningModifier": "sparsify.modifiers.obs:OBSPruningModifier",
     "QuantizationModifier": "sparsify.modifiers.quantization:QuantizationModifier",
     "DistillationModifier": "sparsify.modifiers.distillation:DistillationModifier",
+    "PerLayerDistillationModifier":
+        "sparsify.modifiers.layer_distillation:PerLayerDistillationModifier",
 }
 
 

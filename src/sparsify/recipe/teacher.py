@@ -9,14 +9,15 @@ def teacher_recipe(recipe: Recipe) -> Recipe | None:
     """The dense teacher's fine-tune for ``--teacher auto``: ``teacher_epochs`` (a recipe
     variable; default 30% of the epochs of a recipe without it) with the recipe's own LR function, initial
     LR and weight decay, no pruning, no quantization. ``None`` when the recipe has nothing to
-    distil (no DistillationModifier) or nothing a dense teacher helps (no gradual pruning:
+    distil (no DistillationModifier or PerLayerDistillationModifier) or nothing a dense teacher helps (no gradual pruning:
     a dense fine-tune, or a pre-sparsified model whose dense original is not here)."""
     from sparsify.recipe.parser import parse_recipe
 
     kinds = {m.type for m in recipe.modifiers}
     gradual = {"GMPruningModifier", "MagnitudePruningModifier", "GlobalMagnitudePruningModifier",
                "OBSPruningModifier"}
-    if "DistillationModifier" not in kinds or not kinds & gradual:
+    if not kinds & {"DistillationModifier", "PerLayerDistillationModifier"} \
+            or not kinds & gradual:
         return None
     variables = recipe.variables
     epochs = variables.get("teacher_epochs") or max(1, round(recipe.max_epochs * 0.3))
