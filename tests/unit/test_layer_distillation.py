@@ -155,6 +155,15 @@ modifiers:
         lc.loss_calculated(out.sum(), x, out)
 
 
+def test_layer_outputs_on_a_model_without_a_layer_stack_is_refused_by_its_own_name():
+    teacher = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    recipe = LAYERS.format(keep=1.0, gain=1.0, output_kd="").replace(
+        "structure_modifiers:\n  - !LayerPruningModifier\n      keep_fraction: eval(keep_layers)\n",
+        "")
+    with pytest.raises(RecipeError, match="PerLayerDistillationModifier: __LAYER_OUTPUTS__"):
+        lifecycle(recipe, copy.deepcopy(teacher), teacher)
+
+
 @pytest.mark.parametrize("fields, message", [
     ("gain: -1", "gain: must be a number >= 0"),
     ("normalize: 'yes'", "normalize: must be true or false"),

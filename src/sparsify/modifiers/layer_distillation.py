@@ -185,7 +185,14 @@ class PerLayerDistillationModifier(Modifier):
         if student == LAYER_OUTPUTS:
             from sparsify.modifiers.layer_pruning import find_layer_stack
 
-            s_path, t_path = find_layer_stack(model), find_layer_stack(teacher)
+            try:
+                s_path, t_path = find_layer_stack(model), find_layer_stack(teacher)
+            except RecipeError as err:
+                raise RecipeError(
+                    f"PerLayerDistillationModifier: {LAYER_OUTPUTS} pairs the layers of a "
+                    f"transformer's layer stack, and this model has none that can be told "
+                    f"apart ({type(model).__name__}); name the layers with "
+                    "student_layer_names (and teacher_layer_names)") from err
             s_count = len(model.get_submodule(s_path))
             t_count = len(teacher.get_submodule(t_path))
             if s_count > t_count:
