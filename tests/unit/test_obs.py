@@ -323,6 +323,25 @@ def test_memory_limit_can_be_capped(monkeypatch):
         ModifierLifecycle(parse_recipe(text), big).initialize(None, SPE)
 
 
+def test_fit_fisher_block_size_halves_the_block_until_it_fits(monkeypatch, caplog):
+    monkeypatch.setattr(OBSPruningModifier, "max_fisher_memory_gb", 0.45)
+    big = nn.Sequential(nn.Linear(1024, 1024))  # block 64: 0.52 GB with work space; 32: 0.39
+    text = _one("      fisher_block_size: 64\n      fit_fisher_block_size: true\n")
+    lc = ModifierLifecycle(parse_recipe(text), big)
+    with caplog.at_level("INFO"):
+        lc.initialize(None, SPE)
+    modifier = lc.modifiers_of("OBSPruningModifier")[0]
+    assert modifier.fisher_block_size == 32
+    assert "fisher_block_size 64 -> 32" in caplog.text
+    # a block mask's group bounds the halving: block4 stops at 4 and refuses below it
+    monkeypatch.setattr(OBSPruningModifier, "max_fisher_memory_gb", 1e-4)
+    text = _one("      fisher_block_size: 16\n      fit_fisher_block_size: true\n"
+                "      mask_type: block4\n")
+    with pytest.raises(ValueError, match="lower fisher_block_size"):
+        ModifierLifecycle(parse_recipe(text), nn.Sequential(nn.Linear(1024, 1024))
+                          ).initialize(None, SPE)
+
+
 def test_fisher_bytes_counts_blocks_and_padding():
     assert obs_math.fisher_bytes((32, 16), 50) == 11 * 50 * 50 * 4 + 16 * 11 * 50
     assert obs_math.Layout((8, 16, 3, 3), 32).numel == 8 * 16 * 9

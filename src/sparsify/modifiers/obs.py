@@ -53,6 +53,10 @@ class OBSPruningModifier(GMPruningModifier):
     num_recomputations: int = 1
     grad_sampler_kwargs: dict | None = None
     eps: float = FLOAT32_EPS
+    #: Ours (not SparseML's): when the Fisher of ``fisher_block_size`` would not fit in memory,
+    #: halve the block size (keeping it a multiple of a block mask's group) until it fits,
+    #: instead of refusing; the shipped image recipe sets it, so a large CNN still prunes.
+    fit_fisher_block_size: bool = False
 
     #: Most memory (GB) the Fisher may take; ``None``: half of what is free on the weights'
     #: device (GPU memory, or host RAM) when the modifier is initialised.
@@ -110,13 +114,27 @@ class OBSPruningModifier(GMPruningModifier):
         params = dict(state.model.named_parameters())
         weights = [params[n] for n in self._finals]
         size, group = self.fisher_block_size, self._group
-        need = (sum(obs_math.fisher_bytes(w.shape, size, group) for w in weights)
-                + max((obs_math.work_bytes(w.shape, size, group) for w in weights), default=0))
+
+        def needed(size: int) -> int:
+            return (sum(obs_math.fisher_bytes(w.shape, size, group) for w in weights)
+                    + max((obs_math.work_bytes(w.shape, size, group) for w in weights),
+                          default=0))
+
+        need = needed(size)
         device = weights[0].device if weights else torch.device("cpu")
         if self.max_fisher_memory_gb is not None:
             limit, why = int(self.max_fisher_memory_gb * 2**30), "the limit"
         else:
             limit, why = obs_math.memory_limit_bytes(device), f"half the memory free on {device}"
+        if need > limit and self.fit_fisher_block_size:
+            fitted = size
+            while needed(fitted) > limit and fitted // 2 >= group and (fitted // 2) % group == 0:
+                fitted //= 2
+            if needed(fitted) <= limit:
+                logger.info("%s: fisher_block_size %d -> %d: the Fisher of %d needs %.2f GB, "
+                            "over %.2f GB (%s)", self.name, size, fitted, size, need / 2**30,
+                            limit / 2**30, why)
+                self.fisher_block_size, need = fitted, needed(fitted)
         if need > limit:
             count = sum(w.numel() for w in weights)
             raise ValueError(
