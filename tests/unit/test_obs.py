@@ -115,10 +115,12 @@ def test_shipped_obs_recipe_parses_with_overrides():
 
 
 
-def test_shipped_obs_recipe_is_the_gmp_schedule_on_compute_layers():
-    """nlp_obs compares like for like with nlp_gmp: same weights, phases, teacher and QAT."""
+@pytest.mark.parametrize("family", ["nlp", "image_classification"])
+def test_shipped_obs_recipe_is_the_gmp_schedule_on_compute_layers(family):
+    """<family>_obs compares like for like with <family>_gmp: same weights, phases, teacher,
+    structure and QAT."""
     args = {"num_epochs": 10, "target_sparsity": 0.78}
-    obs, gmp = load_recipe("nlp_obs", args), load_recipe("nlp_gmp", args)
+    obs, gmp = load_recipe(f"{family}_obs", args), load_recipe(f"{family}_gmp", args)
     (o,) = obs.of_type("OBSPruningModifier")
     (g,) = gmp.of_type("GMPruningModifier")
     assert o.args["params"] == g.args["params"] == "__COMPUTE_LAYERS__"
@@ -130,6 +132,11 @@ def test_shipped_obs_recipe_is_the_gmp_schedule_on_compute_layers():
     assert obs.variables["teacher_epochs"] == gmp.variables["teacher_epochs"] == 10
     assert [m.args.get("init_lr") for m in obs.of_type("LearningRateFunctionModifier")] == \
         [m.args.get("init_lr") for m in gmp.of_type("LearningRateFunctionModifier")]
+    assert [m.type for m in obs.modifiers if "Pruning" not in m.type or "Layer" in m.type
+            or "Channel" in m.type] == \
+        [m.type for m in gmp.modifiers if "Pruning" not in m.type or "Layer" in m.type
+         or "Channel" in m.type]
+    assert obs.variables.get("distill_hardness") == gmp.variables.get("distill_hardness")
 
 # --- under the lifecycle ---------------------------------------------------------------------
 def tiny():
