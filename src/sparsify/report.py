@@ -104,10 +104,12 @@ def slow_int8_warning(latency: dict[str, Any], quantized: bool,
     (a quantized graph that is not faster failed at its purpose), naming the operators that ran
     in float between Quantize/Dequantize pairs (``float_ops`` is called only then).
 
-    Slower means slower across the spread: the whole interquartile range of the paired speedups
-    (``speedup_p75``) lies below 1.0, i.e. in at least three of four repetitions the INT8 model
-    took longer than the baseline timed beside it. A range that straddles 1.0 warns of nothing:
-    the machine's noise is larger than the difference, and the summary shows the range.
+    Slower is :func:`~sparsify.export.fallback.is_slower`: the whole interquartile range of the
+    paired speedups (``speedup_p75``) lies below 1.0, i.e. in at least three of four repetitions
+    the INT8 model took longer than the baseline timed beside it; or, where the baseline takes
+    at least ``MEDIAN_RULE_MIN_MS``, the median speedup is below 1.0. A short timing whose
+    range straddles 1.0 warns of nothing: the machine's noise is larger than the difference,
+    and the summary shows the range.
     """
     from sparsify.export.fallback import is_slower
 

@@ -259,6 +259,21 @@ def test_slower_means_slower_across_the_spread():
     assert not Candidate(INT8, Path("m"), True, straddles).slower
 
 
+def test_a_long_timing_is_also_judged_on_its_median():
+    """RegNetX-200MF's INT8 at batch 32, idle machine: 0.79x (0.61-1.13) of a ~100 ms baseline
+    is slower; MiniLM's 5 ms 12-token batch-1 timing, 0.80x (0.71-1.26), is noise."""
+    long = {"speedup": 0.79, "speedup_p25": 0.61, "speedup_p75": 1.13, "baseline_ms": 104.0}
+    short = {"speedup": 0.80, "speedup_p25": 0.71, "speedup_p75": 1.26, "baseline_ms": 5.1}
+    assert fallback.is_slower(long) and not fallback.is_slower(short)
+    assert Candidate(INT8, Path("m"), True, {**_speed(1.4), "batch_32": long}).slower
+    assert not Candidate(INT8, Path("m"), True, {**_speed(1.4), "batch_1": short}).slower
+    # the report's entries name the baseline's time differently; the rule reads both
+    report_entry = {"speedup": 0.9, "speedup_p25": 0.8, "speedup_p75": 1.05,
+                    "dense_fp32_baseline_ms": fallback.MEDIAN_RULE_MIN_MS}
+    assert fallback.is_slower(report_entry)
+    assert not fallback.is_slower({**report_entry, "speedup": 1.0})
+
+
 def test_an_unclear_speed_check_takes_more_repetitions(monkeypatch):
     import sparsify.export.inspect as inspect
 
@@ -276,6 +291,7 @@ def test_an_unclear_speed_check_takes_more_repetitions(monkeypatch):
     # batch 32 is timed again until its spread no longer straddles 1.0
     assert calls == [[1, 32], [32]]
     assert speed["batch_1"]["runs"] == 10 and speed["batch_32"]["runs"] == 20
+    assert speed["batch_1"]["baseline_ms"] == speed["batch_32"]["baseline_ms"] == 1.0
     assert fallback.is_slower(speed["batch_32"]) and fallback.is_slower(speed["batch_1"])
 
 

@@ -3,8 +3,8 @@
 After the INT8 model is written, :func:`ship_not_slower` times it against the dense FP32
 baseline (the interleaved measurement of :func:`~sparsify.export.inspect.measure_interleaved`,
 short) at every batch size the report times. The INT8 model is *slower* when the upper quartile
-of its paired speedups lies below 1.0 at some batch size (:func:`is_slower`, the rule of the
-report's warning). A slower INT8 model is replaced by the same trained weights exported in FP32
+of its paired speedups lies below 1.0 at some batch size, or its median does where the timing is
+long enough to trust (:func:`is_slower`, the rule of the report's warning). A slower INT8 model is replaced by the same trained weights exported in FP32
 (fake quantization off: :func:`~sparsify.quantization.fake_quant.fake_quant_bypassed`; the
 pruned zeros stay), when that is not slower and passes the fidelity rule; the INT8 file is kept
 beside the baseline for inspection. What shipped and why is returned as :class:`Shipping`.
@@ -52,10 +52,24 @@ FORMAT_ENV = "SPARSIFY_EXPORT_FORMAT"
 Judge = Callable[[Path, str], "Fidelity"]
 
 
+#: A timed entry whose dense baseline takes at least this long (milliseconds, median) is
+#: judged on its median too. Shorter timings are left to the spread alone: a 5 ms batch-1
+#: timing of 12 tokens read a MiniLM 0.80x (0.71-1.26) that was 1.40x at 64 tokens, while
+#: RegNetX-200MF's INT8 read 0.75-0.85x (medians) at batch 32 on an idle machine with a spread
+#: that reached above 1.0 (docs/benchmarks.md).
+MEDIAN_RULE_MIN_MS = 10.0
+
+
 def is_slower(entry: Mapping[str, Any]) -> bool:
     """Slower across the spread: the upper quartile of the paired speedups lies below 1.0 (in
-    at least three of four repetitions the model took longer than the baseline beside it)."""
-    return float(entry["speedup_p75"]) < 1.0
+    at least three of four repetitions the model took longer than the baseline beside it); or,
+    where the baseline's median time is at least :data:`MEDIAN_RULE_MIN_MS`, slower more often
+    than not (the median speedup is below 1.0)."""
+    if float(entry["speedup_p75"]) < 1.0:
+        return True
+    baseline_ms = entry.get("baseline_ms", entry.get("dense_fp32_baseline_ms"))
+    return (baseline_ms is not None and float(baseline_ms) >= MEDIAN_RULE_MIN_MS
+            and float(entry["speedup"]) < 1.0)
 
 
 def speed_check(model: Path, baseline: Path,
@@ -83,19 +97,23 @@ def speed_check(model: Path, baseline: Path,
     out = {}
     for suffix, inputs in cases.items():
         ratios: dict[int, list[float]] = {int(b): [] for b in batch_sizes}
+        baseline_ms: dict[int, list[float]] = {int(b): [] for b in batch_sizes}
         pending = list(ratios)
         while pending:
             times = measure_interleaved({"model": model, "baseline": baseline}, inputs,
                                         pending, warmup=warmup, runs=runs)
             for batch, by_name in times.items():
                 ratios[batch] += paired_speedups(by_name["model"], by_name["baseline"])
+                baseline_ms[batch] += list(by_name["baseline"])
             pending = [b for b in pending if len(ratios[b]) + runs <= max_runs
                        and quartiles(ratios[b])[0] < 1.0 <= quartiles(ratios[b])[2]]
         for batch, values in ratios.items():
             p25, median, p75 = quartiles(values)
             out[f"batch_{batch}{suffix}"] = {"speedup": round(median, 3),
                                              "speedup_p25": round(p25, 3),
-                                             "speedup_p75": round(p75, 3), "runs": len(values)}
+                                             "speedup_p75": round(p75, 3), "runs": len(values),
+                                             "baseline_ms": round(
+                                                 quartiles(baseline_ms[batch])[1], 3)}
     return out
 
 
