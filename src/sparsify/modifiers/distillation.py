@@ -20,6 +20,26 @@ def call_model(model: Any, inputs: Any) -> Any:
     return model(inputs)
 
 
+_CACHE_KEY = "teacher_outputs"
+
+
+def teacher_outputs(state: ModifierState, event: Event) -> Any:
+    """The teacher's outputs for this event's inputs, computed once per batch (eval mode, no
+    gradients) and shared by the distillation modifiers of the recipe."""
+    import torch
+
+    # the inputs object itself is kept and compared (not its id, which a later batch may reuse)
+    cached = state.extras.get(_CACHE_KEY)
+    if cached is not None and cached[0] == event.step and cached[1] is event.inputs:
+        return cached[2]
+    if state.teacher.training:  # a trainer's model.train() may have reached the teacher
+        state.teacher.eval()
+    with torch.no_grad():
+        outputs = call_model(state.teacher, event.inputs)
+    state.extras[_CACHE_KEY] = (event.step, event.inputs, outputs)
+    return outputs
+
+
 @dataclass(kw_only=True)
 class DistillationModifier(Modifier):
     """``loss = (1-h)·task_loss + h·KL(student/T ‖ teacher/T)·T²`` over the output keys.
@@ -58,9 +78,8 @@ class DistillationModifier(Modifier):
         if not self._enabled or event.type is not EventType.LOSS_CALCULATED:
             return None
         from sparsify.modifiers.kd import distillation_loss
-        from sparsify.modifiers.layer_distillation import teacher_outputs as run_teacher
 
-        teacher_outputs = run_teacher(state, event)
+        outputs = teacher_outputs(state, event)
         mask = event.inputs.get("attention_mask") if isinstance(event.inputs, dict) else None
-        return distillation_loss(event.loss, event.outputs, teacher_outputs, self.hardness,
+        return distillation_loss(event.loss, event.outputs, outputs, self.hardness,
                                  self.temperature, self.distill_output_keys, mask)

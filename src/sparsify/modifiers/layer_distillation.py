@@ -19,7 +19,7 @@ recipe compatibility and has no effect on pairs of equal shapes.
 
 For (batch, tokens, features) outputs with the batch's ``attention_mask`` beside them, padding
 tokens are left out of the means. The teacher runs once per batch whichever distillation
-modifier needs it first (:func:`teacher_outputs`).
+modifier needs it first (:func:`~sparsify.modifiers.distillation.teacher_outputs`).
 
 No torch at import: the recipe parser builds the class to validate its fields.
 """
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sparsify.errors import RecipeError, did_you_mean
 from sparsify.modifiers.base import Event, EventType, Modifier, ModifierState
+from sparsify.modifiers.distillation import teacher_outputs
 
 if TYPE_CHECKING:
     import torch
@@ -41,28 +42,6 @@ logger = logging.getLogger(__name__)
 
 #: Selector of ``student_layer_names``: the outputs of the transformer layer stack.
 LAYER_OUTPUTS = "__LAYER_OUTPUTS__"
-_CACHE_KEY = "teacher_outputs"
-
-
-def teacher_outputs(state: ModifierState, event: Event) -> Any:
-    """The teacher's outputs for this event's inputs, computed once per batch (eval mode, no
-    gradients) and shared by the distillation modifiers of the recipe."""
-    import torch
-
-    from sparsify.modifiers.distillation import call_model
-
-    # the inputs object itself is kept and compared (not its id, which a later batch may reuse)
-    cached = state.extras.get(_CACHE_KEY)
-    if cached is not None and cached[0] == event.step and cached[1] is event.inputs:
-        return cached[2]
-    if state.teacher.training:  # a trainer's model.train() may have reached the teacher
-        state.teacher.eval()
-    with torch.no_grad():
-        outputs = call_model(state.teacher, event.inputs)
-    state.extras[_CACHE_KEY] = (event.step, event.inputs, outputs)
-    return outputs
-
-
 def span_ends(student_layers: int, teacher_layers: int) -> list[int]:
     """For each student layer, the teacher layer that ends the span it stands for
     (3 of 6: 1, 3, 5; 6 of 6: 0..5)."""
