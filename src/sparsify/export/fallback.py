@@ -4,7 +4,8 @@ After the INT8 model is written, :func:`ship_not_slower` times it against the de
 baseline (the interleaved measurement of :func:`~sparsify.export.inspect.measure_interleaved`,
 short) at every batch size the report times. The INT8 model is *slower* when the upper quartile
 of its paired speedups lies below 1.0 at some batch size, or its median does where the timing is
-long enough to trust (:func:`is_slower`, the rule of the report's warning). A slower INT8 model is replaced by the same trained weights exported in FP32
+long enough to trust (:func:`is_slower`, the rule of the report's warning). A slower INT8
+model is replaced by the same trained weights exported in FP32
 (fake quantization off: :func:`~sparsify.quantization.fake_quant.fake_quant_bypassed`; the
 pruned zeros stay), when that is not slower and passes the fidelity rule; the INT8 file is kept
 beside the baseline for inspection. What shipped and why is returned as :class:`Shipping`.

@@ -125,9 +125,10 @@ class PerLayerDistillationModifier(Modifier):
             s = self._seen.pop("s:" + student_name, None)
             t = self._seen.pop("t:" + teacher_name, None)
             if s is None or t is None:
+                missing = student_name if s is None else teacher_name
                 raise RecipeError(
-                    f"PerLayerDistillationModifier: layer {student_name if s is None else teacher_name} "
-                    "did not run in this forward pass; name layers the model's forward calls")
+                    f"PerLayerDistillationModifier: layer {missing} did not run in this "
+                    "forward pass; name layers the model's forward calls")
             term = self._layer_loss(student_name, teacher_name, s, t, mask)
             total = term if total is None else total + term
         self._seen.clear()
