@@ -255,15 +255,16 @@ def export_fp32(built: Built, path: Path) -> Path:
 
 
 def prune_(model: Any, recipe: Any, sparsity: float) -> list[str]:
-    """Magnitude-prune the weights the recipe's GMP modifier selects to ``sparsity`` (each
-    tensor on its own, as the modifier's default ``global_sparsity: false``); returns their
-    names."""
+    """Magnitude-prune the weights the recipe's pruning modifier (GMP, OBS or constant) selects
+    to ``sparsity``, each tensor on its own (ONNX Runtime's speed does not depend on which
+    weights are zero); returns their names."""
     import torch
 
     from sparsify.modifiers.masks import magnitude_mask
     from sparsify.modifiers.selectors import select_parameters
 
-    gmp = [m.build() for m in recipe.of_type("GMPruningModifier", "ConstantPruningModifier")]
+    gmp = [m.build() for m in recipe.of_type("GMPruningModifier", "OBSPruningModifier",
+                                              "ConstantPruningModifier")]
     if not gmp or sparsity <= 0:
         return []
     params = select_parameters(model, gmp[0].params)

@@ -16,6 +16,7 @@ import click
 
 from sparsify.errors import MissingExtraError, SparsifyError, UsageError
 from sparsify.plan import SPARSE_MODEL_THRESHOLD, Plan, choose_recipe, plan_to_yaml
+from sparsify.recipe.shipped import is_gradual_recipe
 from sparsify.rundir import (
     INCOMPLETE, create_run_dir, launch_rank, resume_command, run_log, write_text_atomic,
 )
@@ -84,7 +85,7 @@ def resolve_recipe(plan: Plan, model_sparsity: float) -> tuple[Plan, Recipe]:
         if chosen != name:
             logger.info("Recipe %s instead of %s: the model is %.1f%% sparse", chosen, name,
                         100 * model_sparsity)
-        if not chosen.endswith("_gmp"):
+        if not is_gradual_recipe(chosen):
             args.pop("target_sparsity", None)
         elif "target_sparsity" not in args:
             args["target_sparsity"] = plan.target_sparsity

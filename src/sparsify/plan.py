@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsify.errors import OptimLevelError, TrainKwargsError, UsageError, did_you_mean
+from sparsify.recipe.shipped import gradual_recipe, is_gradual_recipe
 from sparsify.usecases import UseCase
 from sparsify.zoo.catalog import CatalogEntry, catalog_entry, find_entries_by_stub
 from sparsify.zoo.stub import is_stub, parse_stub
@@ -142,12 +143,13 @@ def choose_recipe(use_case: UseCase, band: Band, model_is_sparse: bool) -> str:
     - no pruning, no quantization: ``<family>_finetune``
     - quantization only: ``<family>_quant``
     - pruning, model already sparse: ``<family>_transfer`` (constant masks + QAT)
-    - pruning, dense model: ``<family>_gmp`` (gradual magnitude pruning + QAT)
+    - pruning, dense model: gradual pruning + QAT (:func:`~sparsify.recipe.shipped.gradual_recipe`:
+      ``image_classification_obs``, ``<family>_gmp`` for the others)
     """
     family = recipe_family(use_case)
     if not band.pruned:
         return f"{family}_quant" if band.quantized else f"{family}_finetune"
-    return f"{family}_transfer" if model_is_sparse else f"{family}_gmp"
+    return f"{family}_transfer" if model_is_sparse else gradual_recipe(family)
 
 
 @dataclass
@@ -424,7 +426,7 @@ def build_plan(
             # the shipped image recipes (gradual and constant pruning) carry
             # ChannelPruningModifier
             args.setdefault("keep_channels", channels)
-        if recipe_name.endswith("_gmp"):
+        if is_gradual_recipe(recipe_name):
             if _shrinks(args) and target > SHRUNK_TARGET_SPARSITY:
                 # removed structure gives the speed; zeros above this only give size, and
                 # they cost the shrunk model its accuracy (docs/OPTIM_LEVELS.md)

@@ -110,12 +110,12 @@ def test_level_05_pruned_int8_and_readme_example(workspace, tmp_path):
     assert metrics["sparsity"]["overall"] >= target - 0.01
     assert metrics["sparsity"]["policy"] == ["__COMPUTE_LAYERS__"]
     assert integer_kernel_count(optimized_graph_op_counts(path)) >= 20
-    assert metrics["recipe"] == "image_classification_gmp"
+    assert metrics["recipe"] == "image_classification_obs"
     from sparsify.recipe.parser import parse_recipe
 
     recipe = parse_recipe((run / "recipe.yaml").read_text())
     assert recipe.variables["target_sparsity"] == 0.78 and recipe.variables["num_epochs"] == 2
-    assert recipe.of_type("GMPruningModifier")[0].args["final_sparsity"] == 0.78
+    assert recipe.of_type("OBSPruningModifier")[0].args["final_sparsity"] == 0.78
     assert "speedup" in out.stdout  # the summary table
     # The README's Python example runs as written on a real image.
     readme = (run / "deployment/README.md").read_text()

@@ -192,7 +192,7 @@ m_modifiers:
       end_epoch: 2.0
       update_frequency: 0.5
       num_grads: 4
-      fisher_block_size: 16
+      fisher_block_size: 8
       damp: 1.0e-4
       global_sparsity: {global_}
       mask_type: {mask}
@@ -251,6 +251,34 @@ def test_first_update_waits_for_gradients_when_none_precede_it(caplog):
     assert by_step[4] == pytest.approx(0.3, abs=0.005)  # pruned to the epoch-0 target
     assert by_step[30] == pytest.approx(0.8, abs=0.005)
     assert any("no gradients yet" in r.getMessage() for r in caplog.records)
+
+
+def test_updates_closer_than_half_a_fisher_block_prune_by_magnitude(caplog):
+    # 5 steps between updates, fisher_block_size 16: fewer than 8 gradients per update
+    text = OBS.format(start=0.5, global_="false", mask="unstructured").replace(
+        "fisher_block_size: 8", "fisher_block_size: 16")
+    gmp = "\n".join(line for line in text.splitlines()
+                    if not line.strip().startswith(("num_grads", "fisher_block_size", "damp",
+                                                    "global_sparsity")))
+    gmp = gmp.replace("OBSPruningModifier", "GMPruningModifier")
+    caplog.set_level(logging.INFO, logger="sparsify.modifiers.obs")
+
+    def record(lc, m):
+        return lc.modifiers[1]._fishers is not None
+
+    obs_model, _, held = train(text, record=record)
+    gmp_model, _, _ = train(gmp)
+    assert not any(held)  # no Fisher is ever built
+    assert not any("OBS masks updated" in r.getMessage() for r in caplog.records)
+    warning, = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "5.0 optimizer steps apart" in warning and "fisher_block_size=16" in warning
+    assert "by magnitude" in warning
+    for a, b in zip(weights(obs_model), weights(gmp_model)):
+        assert torch.equal(a == 0, b == 0) and torch.allclose(a, b)
+    # half a block of gradients is enough: the same run with fisher_block_size 10 uses OBS
+    caplog.clear()
+    train(text.replace("fisher_block_size: 16", "fisher_block_size: 10"))
+    assert sum("OBS masks updated" in r.getMessage() for r in caplog.records) == 4
 
 
 def test_global_and_per_layer_sparsity():

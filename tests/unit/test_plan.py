@@ -5,6 +5,7 @@ from sparsify.plan import (
     band_for_level, build_plan, choose_recipe, parse_device, parse_eval_metric,
     parse_optim_level, parse_train_kwargs, target_sparsity_for_level,
 )
+from sparsify.recipe.shipped import is_gradual_recipe
 from sparsify.usecases import USE_CASES, resolve_use_case
 from sparsify.zoo.catalog import TIERS, VARIANTS, families, load_catalog
 from sparsify.zoo.stub import parse_stub
@@ -64,7 +65,7 @@ def test_plan_every_use_case_and_band(uc, level):
             assert plan.recipe.endswith("_transfer")
         else:  # nothing in the local zoo: the dense fallback is pruned gradually to the target
             assert entry.variant == "dense"
-            assert plan.recipe.endswith("_gmp")
+            assert is_gradual_recipe(plan.recipe)
             assert plan.recipe_args["target_sparsity"] == target_sparsity_for_level(level)
     data = plan.to_dict()
     assert data["tier"] == band.tier and data["use_case"] == uc.id
@@ -95,7 +96,9 @@ def test_choose_recipe_table():
     assert choose_recipe(ic, band_for_level(0.0), True) == "image_classification_finetune"
     assert choose_recipe(ic, band_for_level(0.1), False) == "image_classification_quant"
     assert choose_recipe(ic, band_for_level(0.5), True) == "image_classification_transfer"
-    assert choose_recipe(ic, band_for_level(0.5), False) == "image_classification_gmp"
+    assert choose_recipe(ic, band_for_level(0.5), False) == "image_classification_obs"
+    assert choose_recipe(resolve_use_case("sentiment_analysis"), band_for_level(0.5), False) == \
+        "nlp_gmp"
     assert choose_recipe(resolve_use_case("segmentation"), band_for_level(0.5), False) == \
         "detection_gmp"
 
@@ -218,7 +221,7 @@ def test_yolo_plans_are_not_shrunk_yet(use_case, model):
                                               (1.0, 0.5, "1/2")])
 def test_smallest_tier_shrinks_a_user_image_model_by_channels(level, keep, share):
     plan = build_plan(resolve_use_case("ic"), level, model="resnet18")
-    assert plan.recipe == "image_classification_gmp"
+    assert plan.recipe == "image_classification_obs"
     data = plan.to_dict()
     if keep is None:
         assert "keep_channels" not in plan.recipe_args and "shrink" not in data
@@ -228,9 +231,9 @@ def test_smallest_tier_shrinks_a_user_image_model_by_channels(level, keep, share
     assert f"ChannelPruningModifier keep_fraction {keep:g}" in data["shrink"]
     from sparsify.recipe.parser import load_recipe
 
-    for name in ("image_classification_gmp", "image_classification_transfer"):  # run decides
+    for name in ("image_classification_obs", "image_classification_transfer"):  # run decides
         shrink = load_recipe(name, plan.recipe_args | {"target_sparsity": 0.9}
-                             if name.endswith("gmp") else {"keep_channels": keep})
+                             if name.endswith("obs") else {"keep_channels": keep})
         assert shrink.of_type("ChannelPruningModifier")[0].build().keep_fraction == keep
 
 
@@ -281,8 +284,8 @@ def test_a_shrunk_users_model_is_pruned_to_the_default_levels_target(use_case, m
     """Removed structure gives levels >= 0.75 their speed; zeros above 0.78 only give size."""
     for level in (0.75, 1.0):
         plan = build_plan(resolve_use_case(use_case), level, model=model)
-        assert plan.recipe.endswith("_gmp") and plan.shrink.split(":")[0] in ("layers",
-                                                                              "channels")
+        assert is_gradual_recipe(plan.recipe) and plan.shrink.split(":")[0] in ("layers",
+                                                                                "channels")
         assert plan.recipe_args["target_sparsity"] == plan.target_sparsity == 0.78
         assert any("shrunk structurally" in note for note in plan.notes)
     # nothing removed (keep 1.0): the level's own target; an explicit target always wins

@@ -28,8 +28,10 @@ def test_entry_is_consistent(entry):
     assert stub.long_form and stub.framework == "pytorch"
     assert find_entries_by_stub(entry.stub.upper()) == [entry]
     family = "detection" if entry.family == "segmentation" else entry.family
-    expected = "_transfer" if entry.sparsity > 0.05 else "_gmp"
-    assert entry.recipe == f"{family}{expected}" and entry.recipe in shipped_recipes()
+    from sparsify.recipe.shipped import gradual_recipe
+
+    expected = f"{family}_transfer" if entry.sparsity > 0.05 else gradual_recipe(family)
+    assert entry.recipe == expected and entry.recipe in shipped_recipes()
     if entry.zoo_recipe:
         parse_stub(entry.zoo_recipe)
     for source in entry.sources:

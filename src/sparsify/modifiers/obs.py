@@ -44,6 +44,8 @@ class OBSPruningModifier(GMPruningModifier):
     Each update at step ``s`` uses the gradients of steps ``s - num_grads .. s - 1`` (fewer when
     updates are closer together; the first update waits for gradients when nothing precedes it).
     Memory while collecting: ``4 * #weights * fisher_block_size`` bytes on the weights' device.
+    Ours: when updates are fewer than ``fisher_block_size / 2`` steps apart (tiny data), every
+    update is a magnitude one, with a warning (see ``on_initialize``).
     """
 
     global_sparsity: bool = True
@@ -75,6 +77,7 @@ class OBSPruningModifier(GMPruningModifier):
                 except ValueError:
                     raise ValueError(f"{name}: must be a number, got {value!r}") from None
         super().__post_init__()
+        self._by_magnitude = False  # set by on_initialize from the update interval
 
     def validate(self) -> None:
         kind, group, _ = parse_mask_type(self.mask_type)
@@ -148,7 +151,18 @@ class OBSPruningModifier(GMPruningModifier):
                         self.grad_sampler_kwargs)
         self._spe = state.steps_per_epoch
         interval = self.update_frequency * self._spe
-        if interval < self.num_grads:
+        # With m gradients the block Fisher has rank m: [F^-1]_ii ~ (1 - p_i) / damp, p_i the
+        # leverage of weight i on the gradients' span (m / block on average), so below half a
+        # block of gradients the OBS score is nearly magnitude while each update still factors
+        # every block (seconds to a minute on CPU for a ResNet-18); such runs prune by magnitude.
+        self._by_magnitude = interval < self.fisher_block_size / 2
+        if self._by_magnitude:
+            logger.warning("%s: updates are %.1f optimizer steps apart, fewer than half of "
+                           "fisher_block_size=%d gradients per update, too few for a block Fisher; "
+                           "the masks are updated by magnitude (GMP) instead. More training data, "
+                           "a larger update_frequency or a smaller fisher_block_size makes OBS "
+                           "apply", self.name, interval, self.fisher_block_size)
+        elif interval < self.num_grads:
             logger.warning("%s: updates are %.0f optimizer steps apart, fewer than num_grads=%d; "
                            "each update uses the gradients of the steps since the previous one",
                            self.name, interval, self.num_grads)
@@ -157,6 +171,8 @@ class OBSPruningModifier(GMPruningModifier):
 
     def update(self, state: ModifierState, event: Event) -> Any:
         result = super().update(state, event)
+        if self._by_magnitude:
+            return result
         if event.type is EventType.OPTIM_PRE_STEP and self._wants_grads(event.step):
             self._collect(state)
         elif (event.type is EventType.OPTIM_POST_STEP and self._pending is not None
@@ -215,7 +231,9 @@ class OBSPruningModifier(GMPruningModifier):
     # --- mask updates ------------------------------------------------------------------------
     def _update_masks(self, state: ModifierState, epoch: float) -> None:
         """Called by the GMP schedule at start, every ``update_frequency`` and at the end."""
-        if self._collected():
+        if self._by_magnitude:
+            super()._update_masks(state, epoch)
+        elif self._collected():
             self._prune(state, epoch)
         elif self._nothing_to_prune(state, epoch):
             super()._update_masks(state, epoch)  # keeps today's zeros, as magnitude would

@@ -177,11 +177,11 @@ def add_gradients(fishers: Sequence[BlockFisher], grads: Sequence[torch.Tensor |
     return True
 
 
-def _restricted(fisher: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``F_UU`` on the kept entries, identity on the others (same shape as ``fisher``)."""
-    out = fisher * (keep.unsqueeze(2) & keep.unsqueeze(1))
-    out.diagonal(dim1=-2, dim2=-1).add_((~keep).to(out.dtype))
-    return out
+def _restrict_(fisher: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``F_UU`` on the kept entries, identity on the others, in place of ``fisher``."""
+    fisher.masked_fill_(~(keep.unsqueeze(2) & keep.unsqueeze(1)), 0.0)
+    fisher.diagonal(dim1=-2, dim2=-1).add_((~keep).to(fisher.dtype))
+    return fisher
 
 
 def _cholesky(a: torch.Tensor) -> torch.Tensor:
@@ -230,7 +230,7 @@ class _Layer:
         out = torch.empty(self.prunable.shape, dtype=torch.float64, device=self.w.device)
         q = self.q
         for lo, hi in self.fisher.chunks():
-            a = _restricted(self.fisher.fisher(lo, hi, damp), self.keep[lo:hi])
+            a = _restrict_(self.fisher.fisher(lo, hi, damp), self.keep[lo:hi])
             inverse = torch.cholesky_inverse(_cholesky(a))
             w = self.w[lo:hi]
             if q == 1:
@@ -255,9 +255,9 @@ class _Layer:
         for lo, hi in self.fisher.chunks():
             fisher = self.fisher.fisher(lo, hi, damp)
             keep, w = self.keep[lo:hi], self.w[lo:hi]
-            factor = _cholesky(_restricted(fisher, keep))
             removed = torch.where(keep, torch.zeros_like(w), w)
             rhs = torch.bmm(fisher, removed.unsqueeze(-1)).squeeze(-1) * keep
+            factor = _cholesky(_restrict_(fisher, keep))
             shift = torch.cholesky_solve(rhs.unsqueeze(-1), factor).squeeze(-1)
             self.w[lo:hi] = torch.where(keep, w + shift, torch.zeros_like(w))
 
