@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsify.errors import OptimLevelError, TrainKwargsError, UsageError, did_you_mean
+from sparsify.plan_shrink import describe_shrink, shrinks
 from sparsify.recipe.shipped import gradual_recipe, is_gradual_recipe
 from sparsify.usecases import UseCase
 from sparsify.zoo.catalog import CatalogEntry, catalog_entry, find_entries_by_stub
@@ -97,12 +98,6 @@ def target_sparsity_for_level(level: float) -> float:
 #: channels, and a higher target there traded accuracy for size only (MiniLM at 1.0: 2 layers
 #: at 95% lost 19 points; EfficientNet-Lite0 at half width and 95%: 49; docs/benchmarks.md)
 SHRUNK_TARGET_SPARSITY = 0.78
-
-
-def _shrinks(args: dict[str, Any]) -> bool:
-    """Whether the recipe arguments remove layers or channels (a keep fraction below 1)."""
-    return any(isinstance(args.get(k), (int, float)) and not isinstance(args.get(k), bool)
-               and args[k] < 1 for k in ("keep_layers", "keep_channels"))
 
 
 def keep_layers_for_level(level: float) -> float | None:
@@ -200,43 +195,13 @@ class Plan:
 
     @property
     def shrink(self) -> str | None:
-        """What the run removes structurally (``LayerPruningModifier`` through the recipe's
-        ``keep_layers``, ``ChannelPruningModifier`` through ``keep_channels``), or why nothing
-        at the smallest tier; ``None`` elsewhere."""
-        keep = self.recipe_args.get("keep_layers")
-        if isinstance(keep, (int, float)) and not isinstance(keep, bool):
-            if keep >= 1:
-                return "none: keep_layers 1.0 keeps every layer"
-            return (f"layers: keep {_share(keep)} of the encoder layers, evenly spaced from the "
-                    f"first (12 -> {_kept(12, keep)}, 6 -> {_kept(6, keep)}) "
-                    f"(LayerPruningModifier keep_fraction {keep:g})")
-        if keep is not None:
-            return f"layers: keep_layers {keep!r} (as the recipe says)"
-        channels = self.recipe_args.get("keep_channels")
-        if isinstance(channels, (int, float)) and not isinstance(channels, bool):
-            if channels >= 1:
-                return "none: keep_channels 1.0 keeps every channel"
-            return (f"channels: keep {_share(channels)} of the output channels of each group of "
-                    "coupled convs, those of the largest filters, in multiples of 8 (the stem "
-                    "conv, grouped convs and the classifier's classes keep theirs) "
-                    f"(ChannelPruningModifier keep_fraction {channels:g})")
-        if channels is not None:
-            return f"channels: keep_channels {channels!r} (as the recipe says)"
-        if self.band.tier != "smallest":
-            return None
-        family = recipe_family(self.use_case)
-        if family == "detection":
-            return ("none: detection models are not shrunk structurally yet (the catalog's "
-                    "smallest model serves this tier; a --model keeps its size)")
-        if self.model.origin != "user":
-            architecture = self.model.entry.architecture if self.model.entry else "model"
-            small = "shallow" if family == "nlp" else "small"
-            return f"none: the catalog's smallest model is already {small}: {architecture}"
-        if family == "nlp":
-            return ("none: a recipe given with --recipe decides (the plan sets no keep_layers; "
-                    "a LayerPruningModifier in it removes layers)")
-        return ("none: a recipe given with --recipe decides (the plan sets no keep_channels; a "
-                "ChannelPruningModifier in it removes channels)")
+        """What the run removes structurally (the recipe's ``keep_layers`` / ``keep_ffn`` /
+        ``keep_channels``), or why nothing at the smallest tier; ``None`` elsewhere."""
+        entry = self.model.entry
+        return describe_shrink(
+            self.recipe_args, smallest=self.band.tier == "smallest",
+            family=recipe_family(self.use_case), user_model=self.model.origin == "user",
+            architecture=entry.architecture if entry else "model")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``plan.yaml`` and ``--dry-run``."""
@@ -427,7 +392,7 @@ def build_plan(
             # ChannelPruningModifier
             args.setdefault("keep_channels", channels)
         if is_gradual_recipe(recipe_name):
-            if _shrinks(args) and target > SHRUNK_TARGET_SPARSITY:
+            if shrinks(args) and target > SHRUNK_TARGET_SPARSITY:
                 # removed structure gives the speed; zeros above this only give size, and
                 # they cost the shrunk model its accuracy (docs/OPTIM_LEVELS.md)
                 notes.append(f"target sparsity {SHRUNK_TARGET_SPARSITY:.2f}, not the level's "
@@ -441,22 +406,6 @@ def build_plan(
         train_kwargs=dict(train_kwargs or {}), teacher=teacher, device=device, seed=seed,
         eval_metric=parse_eval_metric(eval_metric, use_case), notes=notes,
     )
-
-
-def _share(fraction: float) -> str:
-    """``1/2``, ``1/3``, ``2/5``; a percentage when no small fraction is that value."""
-    from fractions import Fraction
-
-    near = Fraction(fraction).limit_denominator(12)
-    if abs(float(near) - fraction) < 1e-3:
-        return f"{near.numerator}/{near.denominator}"
-    return f"{fraction:.0%}"
-
-
-def _kept(total: int, fraction: float) -> int:
-    from sparsify.modifiers.layer_pruning import kept_count
-
-    return kept_count(total, fraction)
 
 
 def plan_to_yaml(plan: Plan, extra: dict[str, Any] | None = None) -> str:

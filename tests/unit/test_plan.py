@@ -196,6 +196,23 @@ def test_the_users_keep_layers_wins():
     assert plan.shrink.startswith("none: keep_layers 1.0")
 
 
+def test_keep_ffn_is_shown_with_the_layers_and_holds_the_shrunk_target():
+    plan = build_plan(resolve_use_case("sentiment"), 0.75, model="bert-base-uncased",
+                      recipe_args={"keep_layers": 1.0, "keep_ffn": 0.25})
+    assert plan.shrink.startswith("FFN width: keep 1/4 of each layer's feed-forward channels")
+    assert "BERT-base 3072 -> 768, MiniLM 1536 -> 384" in plan.shrink
+    # structure removed: the target is the default level's, not the 0.87 of level 0.75
+    assert plan.target_sparsity == 0.78 and plan.recipe_args["target_sparsity"] == 0.78
+    both = build_plan(resolve_use_case("sentiment"), 0.75, model="bert-base-uncased",
+                      recipe_args={"keep_ffn": 0.5})
+    assert both.shrink.startswith("layers: keep 1/2 of the encoder layers")
+    assert "; FFN width: keep 1/2" in both.shrink
+    plain = build_plan(resolve_use_case("sentiment"), 0.5, model="bert-base-uncased",
+                       recipe_args={"keep_ffn": 1.0})
+    assert plain.shrink == "none: keep_ffn 1.0 keeps every feed-forward channel"
+    assert plain.target_sparsity == 0.78
+
+
 def test_a_users_recipe_gets_no_keep_layers():
     plan = build_plan(resolve_use_case("ner"), 0.9, model="bert-base-uncased",
                       recipe="nlp_obs")

@@ -15,6 +15,7 @@ MODIFIERS: dict[str, str] = {
     "TrainableParamsModifier": "sparsify.modifiers.schedule:TrainableParamsModifier",
     "LayerPruningModifier": "sparsify.modifiers.layer_pruning:LayerPruningModifier",
     "ChannelPruningModifier": "sparsify.modifiers.channel_pruning:ChannelPruningModifier",
+    "FFNPruningModifier": "sparsify.modifiers.ffn_pruning:FFNPruningModifier",
     "ConstantPruningModifier": "sparsify.modifiers.pruning:ConstantPruningModifier",
     "GMPruningModifier": "sparsify.modifiers.pruning:GMPruningModifier",
     "MagnitudePruningModifier": "sparsify.modifiers.pruning:MagnitudePruningModifier",
