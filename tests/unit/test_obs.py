@@ -250,7 +250,8 @@ def test_first_update_waits_for_gradients_when_none_precede_it(caplog):
     assert by_step[3] == 0.0  # steps 0..3: gradients being collected
     assert by_step[4] == pytest.approx(0.3, abs=0.005)  # pruned to the epoch-0 target
     assert by_step[30] == pytest.approx(0.8, abs=0.005)
-    assert any("no gradients yet" in r.getMessage() for r in caplog.records)
+    assert any("no gradients yet at epoch 0.000; pruning after the next 4 steps" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_updates_closer_than_half_a_fisher_block_prune_by_magnitude(caplog):

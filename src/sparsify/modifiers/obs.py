@@ -239,8 +239,10 @@ class OBSPruningModifier(GMPruningModifier):
             super()._update_masks(state, epoch)  # keeps today's zeros, as magnitude would
         else:
             self._pending = epoch
+            # pruned once num_grads gradients are in, or at the next scheduled update
+            steps = min(self.num_grads, max(1, math.ceil(self.update_frequency * self._spe)))
             logger.info("%s: no gradients yet at epoch %.3f; pruning after the next %d steps",
-                        self.name, epoch, self.num_grads)
+                        self.name, epoch, steps)
             self.apply_masks(state)
 
     def _targets(self, state: ModifierState, epoch: float) -> float | list[float]:
