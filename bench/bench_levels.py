@@ -227,16 +227,20 @@ def layer_counts(run_dir: Path, keep: float | None) -> tuple[int | None, int | N
 
 def kept_structure(run_dir: Path, kind: str) -> str:
     """The structure a run kept: ``6 -> 3 layers (keep 0.5)`` / ``all 6 layers`` for
-    ``kind="layers"``, ``0.75 of the conv channels`` / ``all channels`` for
+    ``kind="layers"`` (``, FFN keep 0.25`` added where the feed-forward blocks were narrowed), ``0.75 of the conv channels`` / ``all channels`` for
     ``kind="channels"``; ``-`` when the run folder says nothing."""
     if kind == "layers":
         keep = keep_fraction(run_dir, "LayerPruningModifier", "keep_layers")
+        ffn = keep_fraction(run_dir, "FFNPruningModifier", "keep_ffn")
+        narrow = f", FFN keep {ffn:g}" if ffn is not None and ffn < 1 else ""
         before, after = layer_counts(run_dir, keep)
         if before is None:
-            return f"keep {keep:g} of the layers" if keep is not None and keep < 1 else "-"
+            text = f"keep {keep:g} of the layers" if keep is not None and keep < 1 else ""
+            return (text + narrow).lstrip(", ") or "-"
         if after is None or after == before:
-            return f"all {before} layers"
-        return f"{before} -> {after} layers" + (f" (keep {keep:g})" if keep is not None else "")
+            return f"all {before} layers{narrow}"
+        return (f"{before} -> {after} layers" + (f" (keep {keep:g})" if keep is not None else "")
+                + narrow)
     keep = keep_fraction(run_dir, "ChannelPruningModifier", "keep_channels")
     if keep is None:
         return "all channels" if (run_dir / "recipe.yaml").is_file() else "-"

@@ -101,12 +101,23 @@ SHRUNK_TARGET_SPARSITY = 0.78
 
 
 def keep_layers_for_level(level: float) -> float | None:
-    """Share of a user's NLP model's encoder layers kept at the smallest tier: 1/2 at 0.75
-    falling linearly to 1/3 at 1.0 (12 layers -> 6 -> 4, MiniLM's 6 -> 3 -> 2); ``None`` below
-    0.75 (the model keeps its depth)."""
+    """Share of a user's NLP model's encoder layers kept at the smallest tier: 1/2 (12 layers
+    -> 6, MiniLM's 6 -> 3); ``None`` below 0.75 (the model keeps its depth). Above 0.75 the
+    feed-forward width goes instead (:func:`keep_ffn_for_level`): on MiniLM-L6 at level 1.0,
+    3 layers with a quarter of the FFN were more accurate and faster than 2 full layers
+    (docs/benchmarks.md)."""
     if band_for_level(level).tier != "smallest":
         return None
-    return round(0.5 - (level - 0.75) * 2 / 3, 4)
+    return 0.5
+
+
+def keep_ffn_for_level(level: float) -> float | None:
+    """Share of each kept layer's feed-forward channels at the smallest tier: 1 at 0.75 falling
+    linearly to 1/4 at 1.0 (``FFNPruningModifier`` through ``keep_ffn``; MiniLM 1536 -> 384);
+    ``None`` where nothing is narrowed (below 0.75, and at 0.75 itself)."""
+    if band_for_level(level).tier != "smallest" or level <= 0.75:
+        return None
+    return round(1.0 - (level - 0.75) * 3, 4)
 
 
 def keep_channels_for_level(level: float) -> float | None:
@@ -381,10 +392,13 @@ def build_plan(
                 f"if more than {SPARSE_MODEL_THRESHOLD:.0%} of its prunable weights are zero, "
                 f"else {choose_recipe(use_case, band, False)}"
             )
-        keep = keep_layers_for_level(optim_level)
+        keep, ffn = keep_layers_for_level(optim_level), keep_ffn_for_level(optim_level)
         if keep is not None and choice.origin == "user" and recipe_family(use_case) == "nlp":
             # the shipped NLP recipes (gradual and constant pruning) carry LayerPruningModifier
+            # and FFNPruningModifier
             args.setdefault("keep_layers", keep)
+            if ffn is not None:
+                args.setdefault("keep_ffn", ffn)
         channels = keep_channels_for_level(optim_level)
         if (channels is not None and choice.origin == "user"
                 and recipe_family(use_case) == "image_classification"):

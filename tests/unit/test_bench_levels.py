@@ -181,6 +181,8 @@ def test_kept_layers_of_text_runs(tmp_path: Path) -> None:
     planned = _text_run(tmp_path, "level_0.9", None, None, {"keep_layers": 0.4})
     assert bench.keep_fraction(planned, "LayerPruningModifier", "keep_layers") == 0.4
     assert bench.kept_structure(planned, "layers") == "6 -> 2 layers (keep 0.4)"
+    narrow = _text_run(tmp_path, "level_1.0b", None, 3, {"keep_layers": 0.5, "keep_ffn": 0.25})
+    assert bench.kept_structure(narrow, "layers") == "6 -> 3 layers (keep 0.5), FFN keep 0.25"
     assert bench.kept_structure(tmp_path / "nowhere", "layers") == "-"
 
 

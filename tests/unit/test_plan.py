@@ -149,35 +149,45 @@ def test_device_and_metric():
 # --- shrinking by depth at the smallest tier (LayerPruningModifier through keep_layers) ------
 
 
-@pytest.mark.parametrize("level,keep,share", [(0.5, None, None), (0.74, None, None),
-                                              (0.75, 0.5, "1/2"), (1.0, 0.3333, "1/3")])
-def test_smallest_tier_shrinks_a_user_nlp_model(level, keep, share):
+@pytest.mark.parametrize("level,ffn", [(0.5, None), (0.74, None), (0.75, None), (0.9, 0.55),
+                                       (1.0, 0.25)])
+def test_smallest_tier_shrinks_a_user_nlp_model(level, ffn):
     plan = build_plan(resolve_use_case("sentiment"), level, model="bert-base-uncased")
     assert plan.recipe == "nlp_gmp"
     data = plan.to_dict()
-    if keep is None:
+    if level < 0.75:
         assert "keep_layers" not in plan.recipe_args and "shrink" not in data
+        assert "keep_ffn" not in plan.recipe_args
         return
-    assert plan.recipe_args["keep_layers"] == keep
-    assert data["recipe"]["args"]["keep_layers"] == keep
-    assert data["shrink"].startswith(f"layers: keep {share} of the encoder layers")
-    assert f"LayerPruningModifier keep_fraction {keep:g}" in data["shrink"]
-    assert ("12 -> 6, 6 -> 3" if keep == 0.5 else "12 -> 4, 6 -> 2") in data["shrink"]
-    # the recipe takes it (the dry-run preview parses it)
+    assert plan.recipe_args["keep_layers"] == 0.5
+    assert data["recipe"]["args"]["keep_layers"] == 0.5
+    assert data["shrink"].startswith("layers: keep 1/2 of the encoder layers")
+    assert "LayerPruningModifier keep_fraction 0.5" in data["shrink"]
+    assert "12 -> 6, 6 -> 3" in data["shrink"]
+    assert plan.recipe_args.get("keep_ffn") == ffn
+    if ffn is None:
+        assert "FFN width" not in data["shrink"]
+    else:
+        assert f"FFN width: keep {'1/4' if ffn == 0.25 else '55%'} of each layer" in data["shrink"]
+        assert f"FFNPruningModifier keep_fraction {ffn:g}" in data["shrink"]
+    assert plan.target_sparsity == 0.78  # a shrunk model: the default level's target
+    # the recipe takes them (the dry-run preview parses it)
     from sparsify.recipe.parser import load_recipe
 
-    shrink = load_recipe(plan.recipe, plan.recipe_args).of_type("LayerPruningModifier")[0]
-    assert shrink.build().keep_fraction == keep
+    recipe = load_recipe(plan.recipe, plan.recipe_args)
+    assert recipe.of_type("LayerPruningModifier")[0].build().keep_fraction == 0.5
+    assert recipe.of_type("FFNPruningModifier")[0].build().keep_fraction == (ffn or 1.0)
 
 
-def test_keep_layers_for_level_is_linear_from_half_to_a_third():
-    from sparsify.plan import keep_layers_for_level
+def test_keep_layers_and_ffn_for_level():
+    from sparsify.plan import keep_ffn_for_level, keep_layers_for_level
 
-    assert keep_layers_for_level(0.7) is None
-    values = [keep_layers_for_level(x / 100) for x in range(75, 101)]
-    assert values == sorted(values, reverse=True)
-    assert values[0] == 0.5 and values[-1] == pytest.approx(1 / 3, abs=1e-4)
-    assert keep_layers_for_level(0.9) == pytest.approx(0.4)
+    assert keep_layers_for_level(0.7) is None and keep_ffn_for_level(0.7) is None
+    assert {keep_layers_for_level(x / 100) for x in range(75, 101)} == {0.5}
+    assert keep_ffn_for_level(0.75) is None
+    values = [keep_ffn_for_level(x / 100) for x in range(76, 101)]
+    assert values == sorted(values, reverse=True) and values[0] == pytest.approx(0.97)
+    assert values[-1] == 0.25 and keep_ffn_for_level(0.9) == pytest.approx(0.55)
 
 
 def test_catalog_path_is_not_shrunk():
@@ -193,7 +203,11 @@ def test_the_users_keep_layers_wins():
     assert "keep 3/4 of the encoder layers" in plan.shrink
     plan = build_plan(resolve_use_case("qa"), 0.9, model="bert-base-uncased",
                       recipe_args={"keep_layers": 1.0})
-    assert plan.shrink.startswith("none: keep_layers 1.0")
+    assert plan.recipe_args["keep_layers"] == 1.0  # the level still narrows the FFN
+    assert plan.shrink.startswith("FFN width: keep 55%")
+    plan = build_plan(resolve_use_case("qa"), 0.9, model="bert-base-uncased",
+                      recipe_args={"keep_layers": 1.0, "keep_ffn": 1.0})
+    assert plan.shrink == "none: keep_layers 1.0 and keep_ffn 1.0 keep every layer and channel"
 
 
 def test_keep_ffn_is_shown_with_the_layers_and_holds_the_shrunk_target():
@@ -306,8 +320,10 @@ def test_a_shrunk_users_model_is_pruned_to_the_default_levels_target(use_case, m
         assert plan.recipe_args["target_sparsity"] == plan.target_sparsity == 0.78
         assert any("shrunk structurally" in note for note in plan.notes)
     # nothing removed (keep 1.0): the level's own target; an explicit target always wins
-    keep = "keep_layers" if use_case == "sentiment_analysis" else "keep_channels"
-    plan = build_plan(resolve_use_case(use_case), 1.0, model=model, recipe_args={keep: 1.0})
+    keeps = (("keep_layers", "keep_ffn") if use_case == "sentiment_analysis"
+             else ("keep_channels",))
+    plan = build_plan(resolve_use_case(use_case), 1.0, model=model,
+                      recipe_args=dict.fromkeys(keeps, 1.0))
     assert plan.recipe_args["target_sparsity"] == target_sparsity_for_level(1.0) == 0.95
     plan = build_plan(resolve_use_case(use_case), 1.0, model=model,
                       recipe_args={"target_sparsity": 0.9})
