@@ -115,12 +115,7 @@ def find_ffn_blocks(model: nn.Module) -> dict[str, tuple[list[str], str]]:
 
     from sparsify.modifiers.layer_pruning import find_layer_stack
 
-    try:
-        path = find_layer_stack(model)
-    except RecipeError as exc:
-        raise RecipeError(str(exc).replace("LayerPruningModifier.keep_fraction",
-                                           "FFNPruningModifier.keep_fraction")
-                          .replace("layer pruning", "FFN pruning")) from None
+    path = find_layer_stack(model, owner="FFNPruningModifier", purpose="FFN pruning")
     stack = model.get_submodule(path)
     out: dict[str, tuple[list[str], str]] = {}
     for index, layer in enumerate(stack):

@@ -169,13 +169,15 @@ class LayerPruningModifier(Modifier):
         self._applied = weakref.ref(model)
 
 
-def find_layer_stack(model: nn.Module) -> str:
+def find_layer_stack(model: nn.Module, owner: str = "LayerPruningModifier",
+                     purpose: str = "layer pruning") -> str:
     """The module name of the model's (encoder) layer stack: an ``nn.ModuleList`` named as in
     :data:`STACK_NAMES` whose elements share one class; when several, the one as long as the
     config's layer count, then the one inside an ``encoder``.
 
     Raises:
-        RecipeError: none (a CNN) or several that these rules do not tell apart.
+        RecipeError: none (a CNN) or several that these rules do not tell apart, naming
+            ``owner``'s ``keep_fraction`` field and ``purpose``.
     """
     from torch import nn
 
@@ -188,13 +190,15 @@ def find_layer_stack(model: nn.Module) -> str:
     if len(found) > 1:
         found = [f for f in found if "encoder" in f[0].split(".")] or found
     if not found:
-        raise _problem("keep_fraction", f"the model ({type(model).__name__}) has no stack of "
-                       f"transformer layers ({STACK_HELP}); layer pruning applies to "
-                       "transformer models. Remove the modifier, or set keep_fraction to 1.0")
+        raise RecipeError(f"{owner}.keep_fraction: the model ({type(model).__name__}) has no "
+                          f"stack of transformer layers ({STACK_HELP}); {purpose} applies to "
+                          "transformer models. Remove the modifier, or set keep_fraction to 1.0")
     if len(found) > 1:
         names = ", ".join(f"{n} ({len(m)})" for n, m in found)
-        raise _problem("keep_fraction", f"the model has several layer stacks ({names}); name "
-                       "the layers to remove with the layers field instead")
+        advice = ("name the layers to remove with the layers field instead"
+                  if owner == "LayerPruningModifier" else "it applies to one stack only")
+        raise RecipeError(f"{owner}.keep_fraction: the model has several layer stacks "
+                          f"({names}); {advice}")
     return found[0][0]
 
 
