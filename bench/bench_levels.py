@@ -227,8 +227,9 @@ def layer_counts(run_dir: Path, keep: float | None) -> tuple[int | None, int | N
 
 def kept_structure(run_dir: Path, kind: str) -> str:
     """The structure a run kept: ``6 -> 3 layers (keep 0.5)`` / ``all 6 layers`` for
-    ``kind="layers"`` (``, FFN keep 0.25`` added where the feed-forward blocks were narrowed), ``0.75 of the conv channels`` / ``all channels`` for
-    ``kind="channels"``; ``-`` when the run folder says nothing."""
+    ``kind="layers"`` (``, FFN keep 0.25`` added where the feed-forward blocks were
+    narrowed), ``0.75 of the conv channels`` / ``all channels`` for ``kind="channels"``;
+    ``-`` when the run folder says nothing."""
     if kind == "layers":
         keep = keep_fraction(run_dir, "LayerPruningModifier", "keep_layers")
         ffn = keep_fraction(run_dir, "FFNPruningModifier", "keep_ffn")

@@ -63,9 +63,9 @@ def _nlp(args: dict[str, Any]) -> str | None:
 
 
 def _ffn(width: int, fraction: float) -> int:
-    from sparsify.modifiers.ffn_pruning import _kept_count
+    from sparsify.modifiers.ffn_pruning import FFNPruningModifier, kept_channel_count
 
-    return _kept_count(width, fraction, 16)
+    return kept_channel_count(width, fraction, FFNPruningModifier.channel_multiple)
 
 
 def describe_shrink(args: dict[str, Any], *, smallest: bool, family: str, user_model: bool,

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from tiny_models import TinyResNet
 
 from sparsify.errors import RecipeError
-from sparsify.modifiers.ffn_pruning import FFNPruningModifier, _kept_count, find_ffn_blocks
+from sparsify.modifiers.ffn_pruning import FFNPruningModifier, kept_channel_count, find_ffn_blocks
 from sparsify.modifiers.lifecycle import ModifierLifecycle
 from sparsify.recipe.parser import parse_recipe
 from sparsify.trainers.common import restore_checkpoint
@@ -171,7 +171,7 @@ def test_blocks_found_for_bert():
     (1536, 0.25, 16, 384), (1536, 0.5, 16, 768), (64, 0.1, 8, 8), (64, 1.0, 8, 64),
     (60, 0.5, 16, 32), (10, 0.01, 16, 10)])
 def test_kept_count(width, fraction, multiple, expected):
-    assert _kept_count(width, fraction, multiple) == expected
+    assert kept_channel_count(width, fraction, multiple) == expected
 
 
 @pytest.mark.parametrize("fields,field", [

@@ -157,7 +157,7 @@ def choose_channels(model: nn.Module, blocks: dict[str, tuple[list[str], str]],
     kept: dict[str, list[int]] = {}
     for layer, (ups, down) in blocks.items():
         out = model.get_submodule(down)
-        count = _kept_count(out.in_features, keep_fraction, multiple)
+        count = kept_channel_count(out.in_features, keep_fraction, multiple)
         with torch.no_grad():
             score = out.weight.detach().float().norm(p=p, dim=0)
             for up in ups:
@@ -166,7 +166,7 @@ def choose_channels(model: nn.Module, blocks: dict[str, tuple[list[str], str]],
     return kept
 
 
-def _kept_count(width: int, keep_fraction: float, multiple: int) -> int:
+def kept_channel_count(width: int, keep_fraction: float, multiple: int) -> int:
     """``width * keep_fraction`` rounded to the nearest multiple of ``multiple`` (at least
     one multiple, at most ``width``)."""
     count = int(round(width * keep_fraction / multiple)) * multiple
