@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sparsify.errors import ExportError
+from sparsify.export.gather_dequant import gather_before_dequantize
 from sparsify.export.inspect import require_onnx
 
 if TYPE_CHECKING:
@@ -209,6 +210,8 @@ def export_onnx(
         stage = "folding quantized weights"
         proto = onnx.load(str(tmp))
         n_folded = _fold_quantization_constants(proto)
+        stage = "moving embedding lookups before their dequantization"
+        gather_before_dequantize(proto)
         stage = "checking the exported graph (onnx.checker)"
         onnx.checker.check_model(proto)
         op_counts = Counter(node.op_type for node in proto.graph.node)
