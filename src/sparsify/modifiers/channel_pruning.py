@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import logging
 import re
-import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from sparsify.modifiers.base import Modifier, ModifierState
+from sparsify.modifiers.base import ModifierState
+from sparsify.modifiers.structure import StructureModifier
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def _torch_pruning_installed() -> bool:
 
 
 @dataclass(kw_only=True)
-class ChannelPruningModifier(Modifier):
+class ChannelPruningModifier(StructureModifier):
     """Remove output channels of an image-classification CNN's convs, once, before training.
 
     ``keep_fraction`` (in (0, 1]; 1.0 does nothing and looks at no model) of the channels of
@@ -60,8 +60,6 @@ class ChannelPruningModifier(Modifier):
     channel_multiple: int = 8
     ignore: list[str] | None = None
 
-    until_end: ClassVar[bool] = True
-    restructures_at_init: ClassVar[bool] = True
     resume_fields: ClassVar[tuple[str, ...]] = ("_removed",)
     structure_fields: ClassVar[tuple[str, ...]] = ("_removed",)
 
@@ -89,12 +87,7 @@ class ChannelPruningModifier(Modifier):
                         re.compile(item[3:])
                     except re.error as exc:
                         raise ValueError(f"ignore: bad regex {item!r}: {exc}") from None
-        if self.start_epoch not in (-1.0, 0.0):
-            raise ValueError("start_epoch: channels are removed once, before training: -1 or 0, "
-                             f"got {self.start_epoch:g}")
-        if self.end_epoch != -1:
-            raise ValueError("end_epoch: removed channels stay removed; remove end_epoch (or "
-                             "set it to -1)")
+        self.check_once_before_training("channels")
         self._removed: dict[str, Any] | None = None
         if self.keep_fraction < 1 and not _torch_pruning_installed():
             # said when the recipe is read (before a dense teacher trains), not at the student
@@ -104,17 +97,7 @@ class ChannelPruningModifier(Modifier):
                                     "ChannelPruningModifier (keep_fraction below 1)")
 
     # --- hooks -------------------------------------------------------------------------------
-    def on_initialize(self, state: ModifierState) -> None:
-        self._shrink(state)
-
-    def on_restructure(self, state: ModifierState) -> None:
-        # resuming calls this after on_initialize has shrunk the same fresh model: only once
-        applied = getattr(self, "_applied", None)
-        if applied is None or applied() is not state.model:
-            self._shrink(state)
-
     def _shrink(self, state: ModifierState) -> None:
-        self._applied = weakref.ref(state.model)
         if self.keep_fraction >= 1.0:
             return
         from sparsify.modifiers.channel_shrink import replay_record, shrink_channels_

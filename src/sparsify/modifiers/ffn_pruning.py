@@ -22,12 +22,12 @@ No torch at import: the recipe parser builds the class to validate its fields.
 from __future__ import annotations
 
 import logging
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sparsify.errors import RecipeError
-from sparsify.modifiers.base import Modifier, ModifierState
+from sparsify.modifiers.base import ModifierState
+from sparsify.modifiers.structure import StructureModifier
 
 if TYPE_CHECKING:
     from torch import nn
@@ -40,7 +40,7 @@ WIDTH_FIELDS = ("intermediate_size", "hidden_dim", "ffn_dim", "n_inner", "d_ff")
 
 
 @dataclass(kw_only=True)
-class FFNPruningModifier(Modifier):
+class FFNPruningModifier(StructureModifier):
     """Remove feed-forward channels from every transformer layer, once, before training.
 
     ``keep_fraction`` (in (0, 1]; 1.0 does nothing and looks at no model) of each layer's FFN
@@ -52,8 +52,6 @@ class FFNPruningModifier(Modifier):
     importance: str = "l2"
     channel_multiple: int = 16
 
-    until_end: ClassVar[bool] = True
-    restructures_at_init: ClassVar[bool] = True
     resume_fields: ClassVar[tuple[str, ...]] = ("_kept",)
     structure_fields: ClassVar[tuple[str, ...]] = ("_kept",)
 
@@ -71,26 +69,11 @@ class FFNPruningModifier(Modifier):
         if isinstance(multiple, bool) or not isinstance(multiple, int) or not 1 <= multiple <= 64:
             raise ValueError("channel_multiple: must be an integer from 1 to 64 (kept channels "
                              f"are rounded to a multiple of it), got {multiple!r}")
-        if self.start_epoch not in (-1.0, 0.0):
-            raise ValueError("start_epoch: channels are removed once, before training: -1 or 0, "
-                             f"got {self.start_epoch:g}")
-        if self.end_epoch != -1:
-            raise ValueError("end_epoch: removed channels stay removed; remove end_epoch (or "
-                             "set it to -1)")
+        self.check_once_before_training("channels")
         self._kept: dict[str, list[int]] | None = None
 
     # --- hooks -------------------------------------------------------------------------------
-    def on_initialize(self, state: ModifierState) -> None:
-        self._shrink(state)
-
-    def on_restructure(self, state: ModifierState) -> None:
-        # resuming calls this after on_initialize has shrunk the same fresh model: only once
-        applied = getattr(self, "_applied", None)
-        if applied is None or applied() is not state.model:
-            self._shrink(state)
-
     def _shrink(self, state: ModifierState) -> None:
-        self._applied = weakref.ref(state.model)
         if self.keep_fraction >= 1.0:
             return
         model = state.model

@@ -14,12 +14,12 @@ No torch at import: the recipe parser builds the class to validate its fields.
 from __future__ import annotations
 
 import logging
-import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 from sparsify.errors import RecipeError, did_you_mean
-from sparsify.modifiers.base import Modifier, ModifierState
+from sparsify.modifiers.base import ModifierState
+from sparsify.modifiers.structure import StructureModifier
 
 if TYPE_CHECKING:
     from torch import nn
@@ -54,7 +54,7 @@ def _problem(field_name: str, text: str) -> RecipeError:
 
 
 @dataclass(kw_only=True)
-class LayerPruningModifier(Modifier):
+class LayerPruningModifier(StructureModifier):
     """Remove whole layers from the model's layer stack, once, before training.
 
     Give exactly one of ``layers`` (module names, each an element of an ``nn.ModuleList``) or
@@ -67,8 +67,6 @@ class LayerPruningModifier(Modifier):
     #: SparseML writes it into its recipes; accepted and without effect (the layers go once).
     update_frequency: float = -1.0
 
-    until_end: ClassVar[bool] = True
-    restructures_at_init: ClassVar[bool] = True
 
     def validate(self) -> None:
         if self.layers is not None and self.keep_fraction is not None:
@@ -94,26 +92,12 @@ class LayerPruningModifier(Modifier):
                 raise ValueError("keep_fraction: must be a number in (0, 1] (the share of the "
                                  f"encoder layers kept; 1.0 keeps them all), got {value!r}")
             self.keep_fraction = float(value)
-        if self.start_epoch not in (-1.0, 0.0):
-            raise ValueError("start_epoch: layers are removed once, before training: -1 or 0, "
-                             f"got {self.start_epoch:g}")
-        if self.end_epoch != -1:
-            raise ValueError("end_epoch: removed layers stay removed; remove end_epoch (or set "
-                             "it to -1)")
+        self.check_once_before_training("layers")
         if isinstance(self.update_frequency, bool) or not isinstance(
                 self.update_frequency, (int, float)):
             raise ValueError(f"update_frequency: must be a number, got {self.update_frequency!r}")
 
     # --- hooks -------------------------------------------------------------------------------
-    def on_initialize(self, state: ModifierState) -> None:
-        self._shrink(state)
-
-    def on_restructure(self, state: ModifierState) -> None:
-        # resuming calls this after on_initialize has shrunk the same fresh model: only once
-        applied = getattr(self, "_applied", None)
-        if applied is None or applied() is not state.model:
-            self._shrink(state)
-
     # --- the work ----------------------------------------------------------------------------
     def removals(self, model: nn.Module) -> dict[str, list[int]]:
         """``{stack module name: indices to remove}`` for ``model`` (empty: nothing to do).
@@ -166,7 +150,6 @@ class LayerPruningModifier(Modifier):
             remove_layers_(model, path, drop)
         if plan:
             state.structure_version += 1
-        self._applied = weakref.ref(model)
 
 
 def find_layer_stack(model: nn.Module, owner: str = "LayerPruningModifier",
